@@ -1,0 +1,116 @@
+"""Choosing the accelerator: KVM only when a bounded trial proves it runs guests.
+
+`/dev/kvm` can exist and still be useless (nested virtualisation where guests
+hang), so the device's presence proves nothing. The trial boots a few bytes of
+guest code that ask QEMU to exit; if QEMU has not exited within seconds, KVM
+is declared unusable and TCG is used. The verdict is cached per host boot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.arches import get_arch, host_arch
+from harness.cache import Cache
+
+log = logging.getLogger(__name__)
+
+TRIAL_SECONDS = 5.0
+ACCEL_ENV = "HARNESS_ACCEL"
+
+
+@dataclass(frozen=True)
+class Accel:
+    """The accelerator for one guest arch, and how much slower than KVM it runs."""
+
+    name: str
+    # Multiplier for every wait: TCG runs guests 10 to 30 times slower than KVM.
+    scale: float
+    reason: str
+
+
+# x86: at the reset vector (real mode, 0xFFFFFFF0, the last 16 bytes of the
+# firmware image): mov al, 0x31; out 0xf4, al; hlt. With isa-debug-exit at
+# 0xf4, QEMU exits with status (0x31 << 1) | 1 = 99.
+X86_FIRMWARE = bytes(65536 - 16) + b"\xb0\x31\xe6\xf4\xf4" + bytes(11)
+X86_EXPECTED = 99
+# arm64: a raw image entered at EL1: PSCI SYSTEM_OFF (0x84000008) via hvc #0,
+# which powers the virt machine off, so QEMU exits 0.
+ARM64_IMAGE = struct.pack("<III", 0x52800100, 0x72B08000, 0xD4000002)
+ARM64_EXPECTED = 0
+
+
+def _trial_argv(arch: str, blob: Path) -> tuple[list[str], int]:
+    facts = get_arch(arch)
+    base = [facts.qemu, "-accel", "kvm", "-nodefaults", "-no-user-config"]
+    base += ["-display", "none", "-m", "64", "-cpu", facts.cpu_kvm]
+    if arch == "x86_64":
+        argv = [*base, "-M", "microvm", "-bios", str(blob)]
+        argv += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        return argv, X86_EXPECTED
+    return [*base, "-M", "virt", "-kernel", str(blob)], ARM64_EXPECTED
+
+
+def kvm_trial(arch: str, seconds: float = TRIAL_SECONDS) -> tuple[bool, str]:
+    """Run the trial guest under KVM; (works, why)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return (
+            False,
+            "/dev/kvm is missing or not accessible (add the user to group kvm)",
+        )
+    blob_bytes = X86_FIRMWARE if arch == "x86_64" else ARM64_IMAGE
+    with tempfile.TemporaryDirectory(prefix="harness-kvm-") as tmp:
+        blob = Path(tmp) / "trial.bin"
+        blob.write_bytes(blob_bytes)
+        argv, expected = _trial_argv(arch, blob)
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, timeout=seconds, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return False, f"a KVM trial guest did not finish within {seconds:g} s"
+        except FileNotFoundError:
+            return False, f"{argv[0]} not found"
+    if done.returncode != expected:
+        tail = done.stderr.decode(errors="replace").strip()[-300:]
+        return False, f"KVM trial exited {done.returncode}: {tail}"
+    return True, "KVM trial guest ran"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def choose(arch: str, cache: Cache | None = None) -> Accel:
+    """KVM if the guest arch is the host's and the trial passes, else TCG."""
+    forced = os.environ.get(ACCEL_ENV, "")
+    if forced == "tcg":
+        return Accel("tcg", 10.0, f"${ACCEL_ENV}=tcg")
+    if host_arch() != arch:
+        return Accel("tcg", 10.0, f"guest arch {arch} is not the host's")
+    verdict_file = cache.path("accel", f"kvm-{arch}.json") if cache else None
+    if verdict_file and verdict_file.is_file():
+        verdict = json.loads(verdict_file.read_text())
+        if verdict.get("boot_id") == _boot_id():
+            return Accel(verdict["name"], verdict["scale"], verdict["reason"])
+    works, why = kvm_trial(arch)
+    accel = Accel("kvm", 1.0, why) if works else Accel("tcg", 10.0, why)
+    log.info("accelerator for %s: %s (%s)", arch, accel.name, why)
+    if verdict_file:
+        verdict_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = verdict_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**accel.__dict__, "boot_id": _boot_id()}))
+        tmp.replace(verdict_file)
+    if forced == "kvm" and not works:
+        raise RuntimeError(f"${ACCEL_ENV}=kvm but KVM does not work here: {why}")
+    return accel

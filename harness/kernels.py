@@ -1,0 +1,276 @@
+"""Provisioning: a catalogue entry and an arch become a bootable kernel on disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from debian.debfile import DebFile
+from debian.debian_support import Version
+
+from harness.arches import get_arch
+from harness.cache import Cache, sha256_file
+from harness.catalogue import KernelSpec
+from harness.debian import Archive, Package, newest
+from harness.errors import FetchError, HarnessError, IntegrityError
+
+log = logging.getLogger(__name__)
+
+BUSYBOX_SUITE = "bookworm"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A kernel ready to boot: image, modules and the exact version it came from."""
+
+    name: str
+    arch: str
+    release: str
+    version: str
+    source: str
+    image: Path
+    modules: Path | None
+    config: Path | None
+    packages: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        """The matrix id, as in test ids: `6.1-arm64`."""
+        return f"{self.name}-{self.arch}"
+
+
+def in_series(version: str, series: str) -> bool:
+    """Whether a Debian package version belongs to a series like `6.1` or `7.x`."""
+    upstream = Version(version).upstream_version or ""
+    prefix = series[:-1] if series.endswith(".x") else f"{series}."
+    return upstream.startswith(prefix)
+
+
+def resolve(spec: KernelSpec, arch: str, archive: Archive) -> list[Package]:
+    """The packages that make up the newest cloud kernel of `spec` for `arch`."""
+    debarch = get_arch(arch).debian
+    image = re.compile(rf"^linux-image-(?P<abi>.+)-cloud-{debarch}$")
+    found: list[tuple[Package, list[Package]]] = []
+    errors = []
+    for suite in spec.suites:
+        try:
+            index = archive.packages(suite, debarch)
+        except FetchError as e:
+            errors.append(str(e))
+            continue
+        for package in index:
+            if image.match(package.name) and in_series(package.version, spec.series):
+                found.append((package, index))
+    best = newest(p for p, _ in found)
+    if best is None:
+        detail = "\n".join(errors)
+        raise FetchError(
+            f"kernels.{spec.name}: no cloud kernel of series {spec.series} for "
+            f"{debarch} in suites {', '.join(spec.suites)} of {archive.mirror}"
+            + (f"\n{detail}" if detail else "")
+        )
+    index = next(i for p, i in found if p is best)
+    abi = image.match(best.name)["abi"]  # type: ignore[index]
+    # Newer kernels split the image package into linux-binary (the image),
+    # linux-modules and linux-base (config, System.map, modules.builtin).
+    kinds = ("binary", "modules", "base")
+    parts = {f"linux-{kind}-{abi}-cloud-{debarch}" for kind in kinds}
+    extra = [p for p in index if p.name in parts and p.version == best.version]
+    return [best, *extra]
+
+
+def _extract_kernel(debs: Iterable[Path], dest: Path) -> None:
+    """Unpack boot/ and the modules tree of kernel packages into `dest`."""
+    for deb in debs:
+        with DebFile(str(deb)).data.tgz() as tar:
+            members = [
+                m
+                for m in tar.getmembers()
+                if (m.isfile() or m.isdir())
+                and re.match(r"^\.?/?(boot/|(usr/)?lib/modules/)", m.name)
+            ]
+            tar.extractall(dest, members=members, filter="data")
+    usr = dest / "usr" / "lib" / "modules"
+    if usr.is_dir():
+        (dest / "lib").mkdir(exist_ok=True)
+        usr.rename(dest / "lib" / "modules")
+        shutil.rmtree(dest / "usr")
+
+
+def _manifest_valid(directory: Path) -> bool:
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        return False
+    data = json.loads(manifest.read_text())
+    image = directory / data["image"]
+    return image.is_file() and sha256_file(image) == data["image_sha256"]
+
+
+def _kernel_from_dir(spec: KernelSpec, arch: str, directory: Path) -> Kernel:
+    data = json.loads((directory / "manifest.json").read_text())
+    modules = directory / "lib" / "modules" / data["release"]
+    config = directory / data["config"] if data.get("config") else None
+    return Kernel(
+        name=spec.name,
+        arch=arch,
+        release=data["release"],
+        version=data["version"],
+        source=spec.source,
+        image=directory / data["image"],
+        modules=modules if modules.is_dir() else None,
+        config=config,
+        packages=tuple(data["packages"]),
+    )
+
+
+def _first(root: Path, *patterns: str) -> Path | None:
+    for pattern in patterns:
+        found = sorted(root.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def _unpack_debs(
+    debs: list[Path], version: str, packages: list[str], tmp: Path
+) -> None:
+    _extract_kernel(debs, tmp)
+    image = _first(tmp, "boot/vmlinu[xz]-*", "lib/modules/*/vmlinu[xz]")
+    if image is None:
+        names = ", ".join(d.name for d in debs)
+        raise FetchError(f"no vmlinuz in {names}: not a kernel package")
+    if image.parent.name == "boot":
+        release = image.name.split("-", 1)[1]
+    else:
+        release = image.parent.name
+    config = _first(tmp, f"boot/config-{release}", f"lib/modules/{release}/config")
+    system_map = _first(
+        tmp, f"boot/System.map-{release}", f"lib/modules/{release}/System.map"
+    )
+    manifest = {
+        "release": release,
+        "version": version,
+        "packages": packages,
+        "image": str(image.relative_to(tmp)),
+        "image_sha256": sha256_file(image),
+        "config": str(config.relative_to(tmp)) if config else None,
+        "system_map": str(system_map.relative_to(tmp)) if system_map else None,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+class Provisioner:
+    """Turns catalogue entries into bootable kernels, through the cache."""
+
+    def __init__(self, cache: Cache, archive: Archive) -> None:
+        self.cache = cache
+        self.archive = archive
+
+    def kernel(self, spec: KernelSpec, arch: str) -> Kernel:
+        """Fetch (if needed) and return the kernel of `spec` for `arch`."""
+        if arch not in spec.arches:
+            raise HarnessError(
+                f"kernels.{spec.name}: arch {arch} is not listed for this kernel "
+                f"(listed: {', '.join(spec.arches)}); add it to its `arch:`"
+            )
+        if spec.source == "debian":
+            return self._debian(spec, arch)
+        if spec.source == "url":
+            return self._url(spec, arch)
+        return self._local(spec, arch)
+
+    def resolve_version(self, spec: KernelSpec, arch: str) -> str:
+        """The exact package version `kernel()` would provide, without fetching it."""
+        if spec.source == "debian":
+            return resolve(spec, arch, self.archive)[0].version
+        return spec.source
+
+    def _debian(self, spec: KernelSpec, arch: str) -> Kernel:
+        packages = resolve(spec, arch, self.archive)
+        head = packages[0]
+        entry = self.cache.path("kernels", f"{spec.name}-{arch}-{head.version}")
+        if not entry.is_dir() or not _manifest_valid(entry):
+            debs = [self.archive.deb(p) for p in packages]
+            names = [f"{p.name}={p.version}" for p in packages]
+            self.cache.directory(
+                entry,
+                lambda tmp: _unpack_debs(debs, head.version, names, tmp),
+                _manifest_valid,
+            )
+        return _kernel_from_dir(spec, arch, entry)
+
+    def _url(self, spec: KernelSpec, arch: str) -> Kernel:
+        name = spec.url.rstrip("/").rsplit("/", 1)[-1] or "kernel"
+        download = self.cache.path("downloads", spec.sha256[:16], name)
+        self.cache.file(
+            download,
+            lambda tmp: self.archive._download(spec.url, tmp, name),
+            lambda p: sha256_file(p) == spec.sha256,
+        )
+        return self._from_files(spec, arch, [download], spec.sha256[:16])
+
+    def _local(self, spec: KernelSpec, arch: str) -> Kernel:
+        if spec.debs:
+            missing = [str(d) for d in spec.debs if not d.is_file()]
+            if missing:
+                raise FetchError(
+                    f"kernels.{spec.name}.debs: not found: {', '.join(missing)}"
+                )
+            key = sha256_file(spec.debs[0])[:16]
+            return self._from_files(spec, arch, list(spec.debs), key)
+        assert spec.image is not None
+        if not spec.image.is_file():
+            raise FetchError(f"kernels.{spec.name}.image: {spec.image} not found")
+        modules = spec.modules
+        if modules is not None and not modules.is_dir():
+            raise FetchError(
+                f"kernels.{spec.name}.modules: {modules} is not a directory; give "
+                "the kernel's lib/modules/<release> directory"
+            )
+        release = modules.name if modules else spec.image.name.partition("-")[2]
+        return Kernel(
+            name=spec.name,
+            arch=arch,
+            release=release,
+            version=f"local:{sha256_file(spec.image)[:12]}",
+            source="local",
+            image=spec.image,
+            modules=modules,
+            config=None,
+            packages=(),
+        )
+
+    def _from_files(
+        self, spec: KernelSpec, arch: str, files: list[Path], key: str
+    ) -> Kernel:
+        if not files[0].name.endswith(".deb"):
+            version = f"{spec.source}:{key}"
+            return Kernel(
+                spec.name, arch, "", version, spec.source, files[0], None, None, ()
+            )
+        entry = self.cache.path("kernels", f"{spec.name}-{arch}-{key}")
+        version = DebFile(str(files[0])).debcontrol()["Version"]
+        names = [f.name for f in files]
+        self.cache.directory(
+            entry, lambda tmp: _unpack_debs(files, version, names, tmp), _manifest_valid
+        )
+        return _kernel_from_dir(spec, arch, entry)
+
+    def busybox(self, arch: str) -> tuple[bytes, str]:
+        """A static busybox for `arch` and its package version (busybox-static)."""
+        debarch = get_arch(arch).debian
+        index = self.archive.packages(BUSYBOX_SUITE, debarch)
+        package = newest(p for p in index if p.name == "busybox-static")
+        if package is None:
+            raise FetchError(f"no busybox-static for {debarch} in {BUSYBOX_SUITE}")
+        deb = self.archive.deb(package)
+        with DebFile(str(deb)).data.tgz() as tar:
+            member = tar.extractfile("./bin/busybox")
+            if member is None:
+                raise IntegrityError(f"{deb}: no ./bin/busybox inside")
+            return member.read(), package.version
