@@ -13,6 +13,7 @@ by the guest's busybox sh under `timeout -s KILL`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import socket
@@ -156,7 +157,5 @@ class Channel:
     def power_off(self, timeout: float = 10.0) -> None:
         """Ask the guest to reboot (QEMU runs with -no-reboot, so it exits)."""
         self.sock.sendall(f"OFF {self.next_id} 0 0 0\n".encode())
-        try:
+        with contextlib.suppress(TimeoutError, ChannelError):
             self.read_line(time.monotonic() + timeout)
-        except (TimeoutError, ChannelError):
-            pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -304,10 +305,8 @@ class VM:
                 and self.proc is not None
                 and self.proc.poll() is None
             ):
-                try:
+                with contextlib.suppress(OSError):
                     self.channel.power_off(timeout=2 * self.accel.scale)
-                except OSError:
-                    pass
             if self.channel is not None:
                 self.channel.sock.close()
                 self.channel = None
