@@ -9,6 +9,7 @@ is checked, and the cached copies are checked again on every use.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import lzma
 import os
@@ -17,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import requests
@@ -152,12 +153,29 @@ class Archive:
             return path.stat().st_size == size and sha256_file(path) == want
 
         url = f"{self.mirror}/dists/{suite}/{name}"
-        self.cache.file(
-            entry, lambda tmp: self._download(url, tmp, f"{suite} {debarch}"), valid
-        )
-        found = list(_parse_packages(lzma.decompress(entry.read_bytes()), suite))
+        label = f"{suite} {debarch}"
+        self.cache.file(entry, lambda tmp: self._download(url, tmp, label), valid)
+        found = self._selected(entry, suite)
         self._packages[(suite, debarch)] = found
         return found
+
+    def _selected(self, index: Path, suite: str) -> list[Package]:
+        # Decompressing and scanning a full index takes seconds; keep the few
+        # stanzas we use beside the verified index they came from.
+        entry = index.with_suffix(".json")
+
+        def build(tmp: Path) -> None:
+            rows = _parse_packages(lzma.decompress(index.read_bytes()), suite)
+            tmp.write_text(json.dumps([asdict(p) for p in rows]))
+
+        def valid(path: Path) -> bool:
+            try:
+                return isinstance(json.loads(path.read_text()), list)
+            except ValueError:
+                return False
+
+        self.cache.file(entry, build, valid)
+        return [Package(**row) for row in json.loads(entry.read_text())]
 
     # -- packages ------------------------------------------------------------
 

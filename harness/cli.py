@@ -1,0 +1,165 @@
+"""The `harness` command: kernels, boots, hook checks and reports."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.catalogue import find_catalogue, load
+from harness.errors import HarnessError
+from harness.matrix import Matrix
+from harness.progress import DownloadProgress
+from harness.vm import VMOptions
+
+log = logging.getLogger(__name__)
+
+
+def _matrix(
+    args: argparse.Namespace, progress: DownloadProgress | None = None
+) -> Matrix:
+    catalogue = load(args.catalogue or find_catalogue())
+    return Matrix(catalogue, progress=progress)
+
+
+def cmd_kernels_list(args: argparse.Namespace) -> int:
+    """Print the catalogue with each entry's resolved version and cache state."""
+    matrix = _matrix(args)
+    table = Table("name", "series", "arch", "source", "version", "cached", "default")
+    for target in matrix.targets("all", args.arch or ""):
+        spec = target.spec
+        try:
+            version = matrix.provisioner.resolve_version(spec, target.arch)
+            cached = matrix.is_cached(target, version)
+        except HarnessError as e:
+            version, cached = f"unresolved: {str(e).splitlines()[0]}", False
+        table.add_row(
+            spec.name,
+            spec.series or "-",
+            target.arch,
+            spec.source,
+            version,
+            "yes" if cached else "no",
+            "yes" if spec.default else "",
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_kernels_fetch(args: argparse.Namespace) -> int:
+    """Download, verify and unpack kernels into the cache."""
+    with DownloadProgress() as progress:
+        matrix = _matrix(args, progress)
+        for target in matrix.targets(args.kernel, args.arch or ""):
+            kernel = matrix.kernel(target)
+            matrix.initrd(kernel)
+            where = kernel.image.parent
+            print(f"{target.id}: {kernel.release} ({kernel.version}) in {where}")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    """Boot one kernel, run a command in it, print its output, exit with its status."""
+    command = list(args.guest_command)
+    with DownloadProgress() as progress:
+        matrix = _matrix(args, progress)
+        targets = matrix.targets(args.kernel, args.arch)
+    if len(targets) != 1:
+        raise HarnessError(
+            f"`harness boot` boots one kernel on one arch; {args.kernel} on "
+            f"{args.arch} names {len(targets)}: pass one --arch"
+        )
+    target = targets[0]
+    artefacts = Path(args.artefacts or tempfile.mkdtemp(prefix=f"harness-{target.id}-"))
+    options = VMOptions(memory_mb=args.memory, boot_timeout=args.boot_timeout)
+    vm = matrix.vm(target, artefacts, options)
+    if args.show_command:
+        print(shlex.join(vm.argv))
+        vm.close()
+        return 0
+    with vm:
+        if not command:
+            print(f"{target.id}: {vm.release} ready in {vm.boot_seconds:.1f} s")
+            return 0
+        result = vm.run(command, timeout=args.timeout)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stderr.buffer.write(result.stderr)
+    return result.status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `harness` command."""
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser.add_argument("--catalogue", type=Path, help="kernels.yaml to use")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command_name", required=True)
+
+    kernels = sub.add_parser("kernels", help="the kernel catalogue")
+    ksub = kernels.add_subparsers(dest="kernels_command", required=True)
+    klist = ksub.add_parser("list", help="show the catalogue")
+    klist.add_argument("--arch", default="", help="comma list of arches")
+    klist.set_defaults(func=cmd_kernels_list)
+    kfetch = ksub.add_parser("fetch", help="download and cache kernels")
+    kfetch.add_argument("kernel", help="catalogue name, comma list, `default` or `all`")
+    kfetch.add_argument("--arch", default="", help="comma list of arches")
+    kfetch.set_defaults(func=cmd_kernels_fetch)
+
+    boot = sub.add_parser("boot", help="boot a kernel and run a command in it")
+    boot.add_argument("kernel", help="catalogue name, e.g. 6.1")
+    boot.add_argument("--arch", required=True, help="x86_64 or arm64")
+    boot.add_argument("--memory", type=int, default=1024, help="guest MiB")
+    boot.add_argument("--boot-timeout", type=float, help="seconds (default scales)")
+    boot.add_argument("--timeout", type=float, default=60.0, help="command timeout")
+    boot.add_argument("--artefacts", help="directory for console log and QEMU command")
+    boot.add_argument(
+        "--show-command",
+        action="store_true",
+        help="print the QEMU command, boot nothing",
+    )
+    boot.epilog = "Everything after `--` is the command to run in the guest."
+    boot.set_defaults(func=cmd_boot)
+
+    try:
+        from harness import hooks_cli
+    except ImportError:
+        pass
+    else:
+        hooks_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `harness` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Split off the guest command by hand: argparse would mistake its options
+    # for ours.
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:split])
+    args.guest_command = argv[split + 1 :]
+    level = (
+        logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING
+    )
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
