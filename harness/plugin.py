@@ -1,0 +1,90 @@
+"""The pytest plugin: options, the kernel x arch parametrisation, reporting hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.fixtures import _harness_properties, harness_matrix, target, vm
+from harness.plugin_state import matrix_of, options_of
+
+__all__ = ["_harness_properties", "harness_matrix", "target", "vm"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the harness options and their ini equivalents."""
+    group = parser.getgroup("harness", "kernel-matrix policy harness")
+    group.addoption(
+        "--kernels",
+        dest="harness_kernels",
+        help="kernels to test: catalogue names, comma separated; `default` or `all` "
+        "(ini: harness_kernels)",
+    )
+    group.addoption(
+        "--arch",
+        dest="harness_arch",
+        help="guest arches, comma separated: x86_64,arm64 (ini: harness_arch)",
+    )
+    group.addoption(
+        "--catalogue",
+        dest="harness_catalogue",
+        type=Path,
+        help="kernel catalogue (default: the nearest kernels.yaml)",
+    )
+    group.addoption(
+        "--artefacts",
+        dest="harness_artefacts",
+        help="directory for consoles, logs and reports (ini: harness_artefacts)",
+    )
+    group.addoption(
+        "--boot-timeout",
+        dest="harness_boot_timeout",
+        help="seconds to readiness (default: scaled to the accelerator)",
+    )
+    parser.addini("harness_kernels", "default --kernels", default="default")
+    parser.addini("harness_arch", "default --arch", default="x86_64,arm64")
+    parser.addini("harness_artefacts", "default --artefacts", default="artefacts")
+    parser.addini("harness_memory", "guest memory in MiB", default="1024")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the markers the harness uses."""
+    config.addinivalue_line(
+        "markers", "boot: boots real kernels in QEMU (deselect with -m 'not boot')"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise `target` (and so `vm`) over the selected kernel x arch matrix."""
+    if "target" not in metafunc.fixturenames:
+        return
+    opts = options_of(metafunc.config)
+    try:
+        targets = matrix_of(metafunc.config).targets(opts.kernels, opts.arches)
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from e
+    metafunc.parametrize(
+        "target", targets, ids=[t.id for t in targets], scope="session", indirect=True
+    )
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Keep each target's tests on one xdist worker, so each kernel boots once."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        chosen = callspec.params.get("target") if callspec else None
+        if chosen is not None:
+            item.add_marker(pytest.mark.xdist_group(chosen.id))
+            item.add_marker(pytest.mark.boot)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Say which matrix this run covers."""
+    opts = options_of(config)
+    return [
+        f"harness: kernels={opts.kernels} arch={opts.arches} artefacts={opts.artefacts}"
+    ]

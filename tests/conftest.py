@@ -1,0 +1,43 @@
+"""Test isolation: HOME is a temporary directory; the kernel cache is kept.
+
+Kernels are tens of MB each, so the tests share the user's kernel cache (or
+$HARNESS_CACHE_DIR) across runs; tests about caching use their own tmp cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.cache import CACHE_ENV, default_cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Resolve the shared kernel cache before HOME moves.
+    os.environ.setdefault(CACHE_ENV, str(default_cache_dir()))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    home = tmp_path_factory.mktemp("home")
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    yield
+    if old is not None:
+        os.environ["HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's shared/ material (recorded Tetragon runs, upstream policies)."""
+    if not SHARED.is_dir():
+        pytest.skip(
+            f"{SHARED} not found: the shared/ directory must sit beside the repo"
+        )
+    return SHARED
