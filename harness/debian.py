@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Re-read a suite's index at most this often; older copies are refreshed when
 # the mirror answers and used as they are when it does not.
 INDEX_TTL = 6 * 3600
+INDEX_TTL_ENV = "HARNESS_INDEX_TTL"
 TIMEOUT = (10, 60)
 
 Progress = Callable[[str, int, int], None]
@@ -74,6 +75,7 @@ class Archive:
         key = hashlib.sha256(self.mirror.encode()).hexdigest()[:12]
         self.index_dir = cache.path("debian", "indices", key)
         self._packages: dict[tuple[str, str], list[Package]] = {}
+        self.index_ttl = float(os.environ.get(INDEX_TTL_ENV, INDEX_TTL))
 
     # -- network -------------------------------------------------------------
 
@@ -110,7 +112,7 @@ class Archive:
     def release(self, suite: str) -> Release:
         """The suite's verified Release, refreshed from the mirror when stale."""
         entry = self.index_dir / suite / "InRelease"
-        fresh = entry.is_file() and time.time() - entry.stat().st_mtime < INDEX_TTL
+        fresh = entry.is_file() and time.time() - entry.stat().st_mtime < self.index_ttl
         if not fresh:
             try:
                 self._refresh(entry, suite)

@@ -1,0 +1,56 @@
+"""Each way a boot can fail gives its own error, with the evidence in it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BootTimeout, KernelPanic, QemuStartError
+from harness.matrix import Matrix, Target
+from harness.vm import VMOptions
+
+pytestmark = pytest.mark.boot
+
+
+@pytest.fixture
+def x86(harness_matrix: Matrix) -> Target:
+    """One x86_64 kernel of the catalogue."""
+    return harness_matrix.targets("6.1", "x86_64")[0]
+
+
+def test_kernel_panic_carries_the_panic_text(
+    harness_matrix: Matrix, x86: Target, tmp_path: Path
+) -> None:
+    # No init in the initramfs under that name and no root= to fall back on.
+    options = VMOptions(cmdline=("rdinit=/no-such-init",))
+    with (
+        pytest.raises(KernelPanic, match="Kernel panic") as caught,
+        harness_matrix.vm(x86, tmp_path, options),
+    ):
+        pass
+    assert "Unable to mount root fs" in str(caught.value)
+
+
+def test_qemu_that_cannot_start_shows_its_stderr(
+    harness_matrix: Matrix, x86: Target, tmp_path: Path
+) -> None:
+    options = VMOptions(memory_mb=-5)
+    with (
+        pytest.raises(QemuStartError, match="before the guest started") as caught,
+        harness_matrix.vm(x86, tmp_path, options),
+    ):
+        pass
+    assert "qemu-system-x86_64:" in str(caught.value)
+
+
+def test_no_readiness_within_the_timeout(
+    harness_matrix: Matrix, x86: Target, tmp_path: Path
+) -> None:
+    options = VMOptions(boot_timeout=1.0)
+    with (
+        pytest.raises(BootTimeout, match="no readiness within 1 s"),
+        harness_matrix.vm(x86, tmp_path, options),
+    ):
+        pass
+    assert (tmp_path / "qemu-cmd.txt").is_file()
