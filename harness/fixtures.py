@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from harness.matrix import Matrix, Target
-from harness.plugin_state import matrix_of, options_of
-from harness.vm import VM, VMOptions
+from harness.plugin_state import matrix_of, pool_of
+from harness.vm import VM
 
 
 @pytest.fixture(scope="session")
@@ -29,16 +26,10 @@ def target(request: pytest.FixtureRequest) -> Target:
     return param
 
 
-@pytest.fixture(scope="session")
-def vm(
-    request: pytest.FixtureRequest, target: Target, harness_matrix: Matrix
-) -> Iterator[VM]:
+@pytest.fixture
+def vm(request: pytest.FixtureRequest, target: Target) -> VM:
     """A booted guest of the target kernel, shared by every test on that target."""
-    opts = options_of(request.config)
-    artefacts = Path(opts.artefacts) / target.id / "vm"
-    options = VMOptions(memory_mb=opts.memory_mb, boot_timeout=opts.boot_timeout)
-    with harness_matrix.vm(target, artefacts, options) as machine:
-        yield machine
+    return pool_of(request.config).vm(target)
 
 
 @pytest.fixture(autouse=True)
@@ -47,11 +38,18 @@ def _harness_properties(request: pytest.FixtureRequest) -> None:
     if "target" not in request.fixturenames:
         return
     chosen: Target = request.getfixturevalue("target")
-    matrix = matrix_of(request.config)
+    for name, value in target_properties(request.config, chosen):
+        request.node.user_properties.append((name, value))
+
+
+def target_properties(config: pytest.Config, chosen: Target) -> list[tuple[str, str]]:
+    """The junit properties that identify a target's kernel and accelerator."""
+    matrix = matrix_of(config)
     kernel = matrix.kernel(chosen)
-    record = request.node.user_properties.append
-    record(("kernel", chosen.spec.name))
-    record(("kernel_version", kernel.version))
-    record(("kernel_release", kernel.release))
-    record(("arch", chosen.arch))
-    record(("accelerator", matrix.accel(chosen.arch).name))
+    return [
+        ("kernel", chosen.spec.name),
+        ("kernel_version", kernel.version),
+        ("kernel_release", kernel.release),
+        ("arch", chosen.arch),
+        ("accelerator", matrix.accel(chosen.arch).name),
+    ]

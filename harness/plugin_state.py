@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from harness.catalogue import find_catalogue, load
 from harness.matrix import Matrix
 from harness.progress import DownloadProgress
+from harness.session import VMPool
+from harness.vm import VMOptions
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Options:
 
 OPTIONS = pytest.StashKey[Options]()
 MATRIX = pytest.StashKey[Matrix]()
+POOL = pytest.StashKey[VMPool]()
 
 
 def options_of(config: pytest.Config) -> Options:
@@ -50,3 +54,12 @@ def matrix_of(config: pytest.Config) -> Matrix:
             load(path), progress=DownloadProgress(enabled=False)
         )
     return config.stash[MATRIX]
+
+
+def pool_of(config: pytest.Config) -> VMPool:
+    """The run's VM pool (one live VM per process), created on first use."""
+    if POOL not in config.stash:
+        opts = options_of(config)
+        options = VMOptions(memory_mb=opts.memory_mb, boot_timeout=opts.boot_timeout)
+        config.stash[POOL] = VMPool(matrix_of(config), Path(opts.artefacts), options)
+    return config.stash[POOL]

@@ -1,0 +1,90 @@
+"""One VM (and one agent) per target per process, shared by every test on it.
+
+pytest fixtures and scenario items both ask the pool for a target's VM. Tests
+run grouped by target, so when a new target is asked for, the previous VM is
+closed first: a worker holds at most one guest at a time, and each kernel
+boots once per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from harness.matrix import Matrix, Target
+from harness.vm import VM, VMOptions
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+
+
+class Slot(Generic[A]):
+    """The current target's VM and its agent, if one was started."""
+
+    def __init__(self, target: Target, vm: VM) -> None:
+        self.target = target
+        self.vm = vm
+        self.agent: A | None = None
+        self.error: BaseException | None = None
+
+
+class VMPool:
+    """Boots targets on demand; at most one live VM per process."""
+
+    def __init__(
+        self,
+        matrix: Matrix,
+        artefacts: Path,
+        options: VMOptions,
+        extra_files: Callable[[Target], dict[str, bytes]] | None = None,
+    ) -> None:
+        self.matrix = matrix
+        self.artefacts = artefacts
+        self.options = options
+        self.extra_files = extra_files
+        self.slot: Slot[object] | None = None
+        self.failed: dict[str, BaseException] = {}
+
+    def vm(self, target: Target) -> VM:
+        """The running VM of `target`, booting it (once) if needed."""
+        if target.id in self.failed:
+            raise self.failed[target.id]
+        if self.slot is not None and self.slot.target == target:
+            return self.slot.vm
+        self.close()
+        extra = self.extra_files(target) if self.extra_files else None
+        machine = self.matrix.vm(
+            target, self.artefacts / target.id / "vm", self.options, extra
+        )
+        try:
+            machine.start()
+        except BaseException as e:
+            machine.close()
+            # A kernel that does not boot fails every test on it with the same
+            # evidence, without booting again.
+            if isinstance(e, Exception):
+                self.failed[target.id] = e
+            raise
+        self.slot = Slot(target, machine)
+        return machine
+
+    def current(self, target: Target) -> Slot[object]:
+        """The slot of `target` (booting it if needed)."""
+        self.vm(target)
+        assert self.slot is not None
+        return self.slot
+
+    def close(self) -> None:
+        """Stop the current VM and its agent."""
+        slot, self.slot = self.slot, None
+        if slot is None:
+            return
+        try:
+            stop = getattr(slot.agent, "stop", None)
+            if stop is not None:
+                stop()
+        finally:
+            slot.vm.close()
