@@ -343,7 +343,7 @@ def read_export(path: Path, offset: int = 0) -> tuple[list[Event], int]:
         log.debug("%s: %d bytes of an unfinished line left", path, len(data) - end)
     # Line numbers in errors count from `offset`, which the source names.
     source = f"{path}@{offset}" if offset else str(path)
-    events = parse_lines(data[:end].decode().splitlines(), source)
+    events = parse_lines(data[:end].decode(errors="replace").splitlines(), source)
     return events, offset + end
 
 

@@ -5,7 +5,7 @@ action, policy) and how often it must occur. When one is not met, the report
 names it, the closest event seen with the fields that differ, and how many
 events there were. Closeness is a weighted count of differing fields in which
 the event type and the hook dominate, so the closest event is the one a reader
-would have meant. `parse_expectation` reads the YAML form (docs/scenarios.md).
+would have meant. `harness.expectations` reads the YAML form (docs/scenarios.md).
 """
 
 from __future__ import annotations
@@ -372,8 +372,11 @@ class ExpectedEvent:
         found = _field_diff("function", self.function, event.function, weight)
         full = self.function.full if self.function else None
         if found and full and event.function.endswith(full.removeprefix("sys_")):
+            # A near miss: closer than any other hook, and worth a hint.
             note = "syscall kprobes report the arch's symbol; write `syscall: NAME`"
-            found = [Diff(d.field, d.expected, d.actual, d.weight, note) for d in found]
+            found = [
+                Diff(d.field, d.expected, d.actual, weight // 2, note) for d in found
+            ]
         return found
 
     def matches(self, event: Event, syscall_prefix: str | None = None) -> bool:
@@ -476,7 +479,7 @@ class MatchResult:
         """The failure report (empty when everything matched)."""
         if self.ok:
             return ""
-        seen = ", ".join(f"{k} ×{n}" for k, n in sorted(self.seen.items())) or "none"
+        seen = ", ".join(f"{k} x{n}" for k, n in sorted(self.seen.items())) or "none"
         blocks = [f.render() for f in self.failures]
         head = f"{len(self.failures)} expectation(s) not met"
         tail = f"events seen ({self.events_seen}): {seen}"
@@ -546,8 +549,9 @@ def _check_order(
         after = [i for i in found if i > cursor]
         if len(after) < exp.count.min:
             problem = (
-                f"out of order: seen {len(found)} time(s), but only {len(after)} "
-                f"after {previous} (event #{cursor + 1})"
+                f"out of order: seen {len(found)} time(s), {len(after)} of them "
+                f"after {previous} matched event #{cursor + 1} "
+                f"(needed {exp.count.min})"
             )
             later = events[cursor + 1 :]
             index, diffs = closest(exp.event, later, syscall_prefix)
@@ -572,7 +576,8 @@ def check(
     """Hold `events` (in time order) against the expectations of one case.
 
     Each expectation counts its matching events on its own, so one event may
-    satisfy several. With `ordered`, `expect` must also be met in sequence.
+    satisfy several. With `ordered`, `expect` must also be met in sequence;
+    order is judged once every count holds.
     `syscall_prefix` (the arch's, e.g. `__x64_sys_`) narrows `syscall:` tests;
     without it any known arch prefix is accepted.
     """

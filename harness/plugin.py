@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.collect import ScenarioFile, is_scenario
 from harness.errors import HarnessError
 from harness.fixtures import _harness_properties, harness_matrix, target, vm
 from harness.plugin_state import matrix_of, options_of
@@ -43,7 +44,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="harness_boot_timeout",
         help="seconds to readiness (default: scaled to the accelerator)",
     )
+    group.addoption(
+        "--tetragon",
+        dest="harness_tetragon",
+        help="Tetragon release: tarball, directory, URL or version "
+        "(env HARNESS_TETRAGON, ini harness_tetragon); without it, "
+        "scenarios run as firing checks",
+    )
     parser.addini("harness_kernels", "default --kernels", default="default")
+    parser.addini("harness_tetragon", "default --tetragon", default="")
     parser.addini("harness_arch", "default --arch", default="x86_64,arm64")
     parser.addini("harness_artefacts", "default --artefacts", default="artefacts")
     parser.addini("harness_memory", "guest memory in MiB", default="1024")
@@ -82,9 +91,26 @@ def pytest_collection_modifyitems(
             item.add_marker(pytest.mark.boot)
 
 
+def pytest_collect_file(
+    file_path: Path, parent: pytest.Collector
+) -> pytest.File | None:
+    """Collect scenario YAML files under a `scenarios/` directory."""
+    if is_scenario(file_path):
+        return ScenarioFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
+    return None
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Say which matrix this run covers."""
+    """Say which matrix this run covers and in which mode scenarios run."""
     opts = options_of(config)
+    mode = (
+        f"scenarios assert Tetragon events ({opts.tetragon})"
+        if opts.tetragon
+        else "no --tetragon: scenarios run as firing checks (tracefs probes on each "
+        "hook; events are not asserted)"
+    )
     return [
-        f"harness: kernels={opts.kernels} arch={opts.arches} artefacts={opts.artefacts}"
+        f"harness: kernels={opts.kernels} arch={opts.arches} "
+        f"artefacts={opts.artefacts}",
+        f"harness: {mode}",
     ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from harness.agent import AgentSource
 from harness.catalogue import find_catalogue, load
-from harness.matrix import Matrix
+from harness.matrix import Matrix, Target
 from harness.progress import DownloadProgress
 from harness.session import VMPool
 from harness.vm import VMOptions
@@ -23,9 +25,15 @@ class Options:
     artefacts: str
     boot_timeout: float | None
     memory_mb: int
+    tetragon: str
 
+
+TETRAGON_ENV = "HARNESS_TETRAGON"
+# Tetragon and its BPF objects unpack into the initramfs; give them room.
+AGENT_MEMORY_MB = 2048
 
 OPTIONS = pytest.StashKey[Options]()
+AGENT = pytest.StashKey["AgentSource | None"]()
 MATRIX = pytest.StashKey[Matrix]()
 POOL = pytest.StashKey[VMPool]()
 
@@ -42,6 +50,9 @@ def options_of(config: pytest.Config) -> Options:
             or config.getini("harness_artefacts"),
             boot_timeout=float(timeout) if timeout else None,
             memory_mb=int(config.getini("harness_memory")),
+            tetragon=config.getoption("harness_tetragon")
+            or os.environ.get(TETRAGON_ENV, "")
+            or config.getini("harness_tetragon"),
         )
     return config.stash[OPTIONS]
 
@@ -56,10 +67,29 @@ def matrix_of(config: pytest.Config) -> Matrix:
     return config.stash[MATRIX]
 
 
+def agent_source_of(config: pytest.Config) -> AgentSource | None:
+    """Where the agent comes from (--tetragon), or None: firing-check mode."""
+    if AGENT not in config.stash:
+        value = options_of(config).tetragon
+        config.stash[AGENT] = (
+            AgentSource(value, matrix_of(config).cache) if value else None
+        )
+    return config.stash[AGENT]
+
+
 def pool_of(config: pytest.Config) -> VMPool:
     """The run's VM pool (one live VM per process), created on first use."""
     if POOL not in config.stash:
         opts = options_of(config)
-        options = VMOptions(memory_mb=opts.memory_mb, boot_timeout=opts.boot_timeout)
-        config.stash[POOL] = VMPool(matrix_of(config), Path(opts.artefacts), options)
+        source = agent_source_of(config)
+        memory = max(opts.memory_mb, AGENT_MEMORY_MB) if source else opts.memory_mb
+        options = VMOptions(memory_mb=memory, boot_timeout=opts.boot_timeout)
+
+        def agent_files(target: Target) -> dict[str, bytes]:
+            bundle = source.bundle(target.arch) if source else None
+            return bundle.files() if bundle else {}
+
+        config.stash[POOL] = VMPool(
+            matrix_of(config), Path(opts.artefacts), options, agent_files
+        )
     return config.stash[POOL]

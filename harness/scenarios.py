@@ -1,0 +1,549 @@
+"""Scenario files: the policies under test, named cases, workloads, conditions.
+
+A scenario in `scenarios/` names its policies (files in `policies/`) and one
+or more cases; each case has workload steps, the events it expects and those
+it must not cause, and may be skipped or expected to fail on some kernels.
+Loading is strict: unknown keys are errors, and one ConfigError lists every
+problem of every file with its dotted key. The schema is docs/scenarios.md;
+steps and their busybox rendering live in `harness.steps`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.arches import ALIASES, ARCHES
+from harness.errors import ConfigError, Problem
+from harness.expectations import Problems, parse_expectation, parse_optional
+from harness.loaderrors import LoadErrorKind
+from harness.matching import Expectation
+from harness.steps import Step, parse_steps, render_script
+
+SCENARIO_KEYS = ("description", "policies", "conditions", "cases", "expect_load_error")
+CASE_KEYS = (
+    "description",
+    "conditions",
+    "steps",
+    "expect",
+    "expect_not",
+    "ordered",
+    "timeout",
+)
+FACT_KEYS = ("kernel", "arch", "version", "lsm", "config")
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+DEFAULT_TIMEOUT = 30.0
+POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
+SYSCALL_PREFIXES = tuple(a.syscall_prefix for a in ARCHES.values())
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = loader.construct_object(value_node, deep=True)
+    return seen
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _mapping,
+)
+
+
+def read_yaml(path: Path, problems: Problems) -> Any:
+    """A YAML file's data, or None with the reason recorded in `problems`."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except FileNotFoundError:
+        problems.add("", "file not found")
+    except yaml.YAMLError as e:
+        problems.add("", f"not valid YAML: {e}")
+    return None
+
+
+# -- conditions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelFacts:
+    """What conditions are evaluated against; None means the fact is unknown.
+
+    `version` is the upstream version (`6.1.176`; a Debian package version
+    such as `6.1.176-1` also works). The runner fills lsms and config from
+    the kernel inventory.
+    """
+
+    kernel: str
+    arch: str
+    version: str = ""
+    lsms: frozenset[str] | None = None
+    config: Mapping[str, str] | None = None
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """`6.1.176-1` -> (6, 1, 176); () when it starts with no number."""
+    match = re.match(r"\d+(?:\.\d+)*", text.strip())
+    return tuple(int(p) for p in match[0].split(".")) if match else ()
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Facts a condition tests; every fact given must hold."""
+
+    kernels: tuple[str, ...] = ()
+    arches: tuple[str, ...] = ()
+    min_version: tuple[int, ...] = ()
+    max_version: tuple[int, ...] = ()
+    lsms: tuple[str, ...] = ()
+    configs: tuple[str, ...] = ()
+
+    def holds(self, facts: KernelFacts) -> bool | None:
+        """True, False, or None when it depends on a fact that is unknown."""
+        if self.kernels and facts.kernel not in self.kernels:
+            return False
+        if self.arches and facts.arch not in self.arches:
+            return False
+        version = version_tuple(facts.version)
+        if self.min_version or self.max_version:
+            if not version:
+                return None
+            # A bound compares only as many parts as it has: max 6.1 admits 6.1.176.
+            if self.min_version and version[: len(self.min_version)] < self.min_version:
+                return False
+            if self.max_version and version[: len(self.max_version)] > self.max_version:
+                return False
+        unknown = False
+        if self.lsms:
+            if facts.lsms is None:
+                unknown = True
+            elif not set(self.lsms) <= facts.lsms:
+                return False
+        if self.configs:
+            if facts.config is None:
+                unknown = True
+            elif any(facts.config.get(c) not in ("y", "m") for c in self.configs):
+                return False
+        return None if unknown else True
+
+
+Action = Literal["run", "skip", "xfail"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Skip or xfail, with a reason, `if` some facts hold `unless` others do."""
+
+    action: Literal["skip", "xfail"]
+    reason: str
+    when: Facts | None = None
+    unless: Facts | None = None
+
+    def applies(self, facts: KernelFacts) -> tuple[bool, bool]:
+        """Whether it applies, and whether that rests on an unknown fact."""
+        when = self.when.holds(facts) if self.when else True
+        unless = self.unless.holds(facts) if self.unless else False
+        # Unknown facts apply the condition: a case that cannot be judged on a
+        # kernel is not run there as if it could.
+        applies = when is not False and unless is not True
+        return applies, applies and (when is None or unless is None)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a case on one kernel: run it, skip it or expect failure."""
+
+    action: Action
+    reason: str = ""
+
+
+def evaluate(conditions: Iterable[Condition], facts: KernelFacts) -> Verdict:
+    """The first applying skip, else the first applying xfail, else run."""
+    found: dict[str, str] = {}
+    for condition in conditions:
+        applies, unknown = condition.applies(facts)
+        if applies and condition.action not in found:
+            note = " (a fact it depends on is unknown for this kernel)"
+            found[condition.action] = condition.reason + (note if unknown else "")
+    for action in ("skip", "xfail"):
+        if action in found:
+            return Verdict(action, found[action])
+    return Verdict("run")
+
+
+def _strings(value: Any, key: str, problems: Problems) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, float):
+            # YAML reads 6.10 as the number 6.1: kernel names must be quoted.
+            problems.add(key, f'{item!r} is a number; quote it: "{item}"')
+        elif isinstance(item, (str, int)) and not isinstance(item, bool):
+            out.append(str(item))
+        else:
+            problems.add(key, "must be a string or a list of strings")
+    return tuple(out)
+
+
+def _version(value: Any, key: str, problems: Problems) -> tuple[int, ...]:
+    if isinstance(value, float):
+        problems.add(key, f"{value!r} is a number (6.10 would read as 6.1); quote it")
+        return ()
+    parsed = version_tuple(value) if isinstance(value, str) else ()
+    if not parsed:
+        problems.add(key, f'{value!r} is not a version such as "6.1"')
+    return parsed
+
+
+def _version_range(
+    value: Any, key: str, problems: Problems
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if not isinstance(value, Mapping):
+        # A bare version names a series: "6.1" is 6.1.0 up to every 6.1.x.
+        one = _version(value, key, problems)
+        return one, one
+    problems.unknown_keys(value, key, ("min", "max"))
+    low = _version(value["min"], f"{key}.min", problems) if "min" in value else ()
+    high = _version(value["max"], f"{key}.max", problems) if "max" in value else ()
+    if "min" not in value and "max" not in value:
+        problems.add(key, "give min, max or both")
+    return low, high
+
+
+def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
+    """The facts under a condition's `if` or `unless`."""
+    if not isinstance(value, Mapping) or not value:
+        problems.add(key, f"must be a mapping of {', '.join(FACT_KEYS)}")
+        return None
+    problems.unknown_keys(value, key, FACT_KEYS)
+    arches = _strings(value.get("arch", []), f"{key}.arch", problems)
+    for arch in arches:
+        if arch not in ARCHES:
+            hint = f" (did you mean {ALIASES[arch]}?)" if arch in ALIASES else ""
+            known = ", ".join(ARCHES)
+            problems.add(
+                f"{key}.arch", f"{arch!r} is not an arch{hint}; known: {known}"
+            )
+    configs = _strings(value.get("config", []), f"{key}.config", problems)
+    for option in configs:
+        if not option.startswith("CONFIG_"):
+            problems.add(f"{key}.config", f"{option!r}: write CONFIG_{option}")
+    low, high = (
+        _version_range(value["version"], f"{key}.version", problems)
+        if "version" in value
+        else ((), ())
+    )
+    return Facts(
+        kernels=_strings(value.get("kernel", []), f"{key}.kernel", problems),
+        arches=arches,
+        min_version=low,
+        max_version=high,
+        lsms=_strings(value.get("lsm", []), f"{key}.lsm", problems),
+        configs=configs,
+    )
+
+
+def parse_conditions(value: Any, key: str, problems: Problems) -> tuple[Condition, ...]:
+    """A `conditions:` list."""
+    if not isinstance(value, list):
+        problems.add(key, "must be a list of conditions (skip/xfail with if/unless)")
+        return ()
+    found = []
+    for index, raw in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(raw, Mapping):
+            problems.add(where, "must be a mapping: {skip: reason, if: {...}}")
+            continue
+        problems.unknown_keys(raw, where, ("skip", "xfail", "if", "unless"))
+        actions = [a for a in ("skip", "xfail") if a in raw]
+        if len(actions) != 1:
+            problems.add(where, "give exactly one of skip or xfail, with a reason")
+            continue
+        action: Literal["skip", "xfail"] = "skip" if "skip" in raw else "xfail"
+        reason = raw[action]
+        if not isinstance(reason, str) or not reason.strip():
+            problems.add(f"{where}.{action}", "must be the reason, a non-empty string")
+        if "if" not in raw and "unless" not in raw:
+            problems.add(where, "give `if:` or `unless:` (or both) to say when")
+        when = parse_facts(raw["if"], f"{where}.if", problems) if "if" in raw else None
+        unless = (
+            parse_facts(raw["unless"], f"{where}.unless", problems)
+            if "unless" in raw
+            else None
+        )
+        found.append(Condition(action, str(reason), when, unless))
+    return tuple(found)
+
+
+# -- policies, cases, scenarios ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A TracingPolicy file under test and the name it loads as."""
+
+    name: str
+    path: Path
+
+
+def find_policies_dir(scenario: Path) -> Path:
+    """The nearest `policies/` directory above a scenario file."""
+    for directory in scenario.resolve().parents:
+        if (directory / "policies").is_dir():
+            return directory / "policies"
+    return scenario.resolve().parent.parent / "policies"
+
+
+def _portability(data: Mapping[str, Any], file: str, out: list[Problem]) -> None:
+    spec = data.get("spec")
+    kprobes = spec.get("kprobes") if isinstance(spec, Mapping) else None
+    for index, kprobe in enumerate(kprobes if isinstance(kprobes, list) else []):
+        call = kprobe.get("call") if isinstance(kprobe, Mapping) else None
+        if isinstance(call, str) and call.startswith(SYSCALL_PREFIXES):
+            bare = call.split("_sys_", 1)[1]
+            out.append(
+                Problem(
+                    file,
+                    f"spec.kprobes[{index}].call",
+                    f"{call!r} only exists on one arch; write `call: sys_{bare}` "
+                    "with `syscall: true`",
+                )
+            )
+
+
+def load_policy(path: Path, problems: Problems, lenient: bool = False) -> Policy:
+    """Read a policy's name; `lenient` when the policy is expected not to load."""
+    own = Problems(str(path))
+    data = read_yaml(path, own)
+    name = path.stem
+    if isinstance(data, Mapping):
+        meta = data.get("metadata")
+        found = meta.get("name") if isinstance(meta, Mapping) else None
+        if isinstance(found, str) and found:
+            name = found
+        elif not lenient:
+            own.add("metadata.name", "missing; the agent names events after it")
+        if data.get("kind") not in POLICY_KINDS and not lenient:
+            own.add("kind", f"must be one of {', '.join(POLICY_KINDS)}")
+        if not lenient:
+            _portability(data, str(path), own.items)
+    elif data is not None and not lenient:
+        own.add("", "must be a TracingPolicy mapping")
+    if not lenient:
+        problems.items.extend(own.items)
+    return Policy(name, path)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One named case: steps, expected events and conditions."""
+
+    name: str
+    description: str
+    steps: tuple[Step, ...]
+    expect: tuple[Expectation, ...]
+    expect_not: tuple[Expectation, ...]
+    ordered: bool = False
+    # Seconds the workload may take under KVM; the runner scales it for TCG.
+    timeout: float = DEFAULT_TIMEOUT
+    conditions: tuple[Condition, ...] = ()
+
+    def script(self) -> str:
+        """The whole workload as a busybox sh script."""
+        return render_script(self.steps, self.name)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario file, loaded and validated."""
+
+    path: Path
+    description: str
+    policies: tuple[Policy, ...]
+    cases: tuple[Case, ...]
+    conditions: tuple[Condition, ...] = ()
+    expect_load_error: LoadErrorKind | None = None
+
+    @property
+    def name(self) -> str:
+        """The file name without `.yaml`."""
+        return self.path.stem
+
+    def verdict(self, case: Case, facts: KernelFacts) -> Verdict:
+        """Run, skip or xfail `case` on a kernel: scenario conditions first."""
+        return evaluate((*self.conditions, *case.conditions), facts)
+
+
+def _expectations(
+    value: Any, key: str, problems: Problems, absent: bool, policies: Sequence[str]
+) -> tuple[Expectation, ...]:
+    if not isinstance(value, list):
+        problems.add(key, "must be a list of expected events")
+        return ()
+    parsed = [
+        parse_expectation(
+            raw, f"{key}[{i}]", problems, absent=absent, policies=policies
+        )
+        for i, raw in enumerate(value)
+    ]
+    return tuple(p for p in parsed if p is not None)
+
+
+def _timeout(value: Any, key: str, problems: Problems) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        problems.add(key, "must be a positive number of seconds")
+        return DEFAULT_TIMEOUT
+    return float(value)
+
+
+def parse_case(
+    name: str, raw: Any, problems: Problems, policies: Sequence[str]
+) -> Case | None:
+    """One entry of `cases:`."""
+    key = f"cases.{name}"
+    if not NAME.fullmatch(name):
+        problems.add(key, "case names are lower case: letters, digits, . _ -")
+    if not isinstance(raw, Mapping):
+        problems.add(key, "must be a mapping with steps and expect")
+        return None
+    problems.unknown_keys(raw, key, CASE_KEYS)
+    if "steps" not in raw:
+        problems.add(f"{key}.steps", "required: the workload that causes the events")
+    if "expect" not in raw and "expect_not" not in raw:
+        problems.add(key, "a case must have `expect:` or `expect_not:` (or both)")
+    ordered = raw.get("ordered", False)
+    if not isinstance(ordered, bool):
+        problems.add(f"{key}.ordered", "must be true or false")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        problems.add(f"{key}.description", "must be a string")
+    return Case(
+        name=name,
+        description=str(description),
+        steps=parse_optional(raw, "steps", key, problems, parse_steps) or (),
+        expect=_expectations(
+            raw.get("expect", []), f"{key}.expect", problems, False, policies
+        ),
+        expect_not=_expectations(
+            raw.get("expect_not", []), f"{key}.expect_not", problems, True, policies
+        ),
+        ordered=bool(ordered),
+        timeout=_timeout(
+            raw.get("timeout", DEFAULT_TIMEOUT), f"{key}.timeout", problems
+        ),
+        conditions=parse_conditions(
+            raw.get("conditions", []), f"{key}.conditions", problems
+        ),
+    )
+
+
+def _load_error_kind(value: Any, problems: Problems) -> LoadErrorKind | None:
+    try:
+        return LoadErrorKind(value)
+    except ValueError:
+        known = ", ".join(k.value for k in LoadErrorKind)
+        problems.add("expect_load_error", f"{value!r} is not a kind (known: {known})")
+        return None
+
+
+def _policies(
+    value: Any, base: Path, problems: Problems, lenient: bool
+) -> tuple[Policy, ...]:
+    names = value if isinstance(value, list) else [value]
+    found: list[Policy] = []
+    for index, item in enumerate(names):
+        key = f"policies[{index}]"
+        if not isinstance(item, str) or not item:
+            problems.add(key, "must be a policy file name in policies/")
+            continue
+        path = base / item
+        if not path.is_file():
+            problems.add(key, f"{item!r} not found in {base}")
+            continue
+        policy = load_policy(path, problems, lenient)
+        if policy.name in [p.name for p in found]:
+            # The agent keeps one policy per name: a second add is refused.
+            problems.add(key, f"a second policy named {policy.name!r}")
+        found.append(policy)
+    return tuple(found)
+
+
+def parse_scenario(
+    path: Path, data: Any, problems: Problems, policies_dir: Path
+) -> Scenario | None:
+    """A scenario from its decoded YAML; every problem goes to `problems`."""
+    if not isinstance(data, Mapping):
+        problems.add("", "a scenario file is a mapping with policies and cases")
+        return None
+    problems.unknown_keys(data, "", SCENARIO_KEYS)
+    expected = (
+        _load_error_kind(data["expect_load_error"], problems)
+        if "expect_load_error" in data
+        else None
+    )
+    if "policies" not in data:
+        problems.add("policies", "required: the policy files under test")
+    policies = _policies(
+        data.get("policies", []), policies_dir, problems, expected is not None
+    )
+    cases_raw = data.get("cases", {})
+    if not isinstance(cases_raw, Mapping) or (not cases_raw and expected is None):
+        problems.add("cases", "must be a mapping of case name to case")
+        cases_raw = {}
+    names = [p.name for p in policies]
+    cases = [parse_case(str(n), raw, problems, names) for n, raw in cases_raw.items()]
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        problems.add("description", "must be a string")
+    return Scenario(
+        path=path,
+        description=str(description),
+        policies=policies,
+        cases=tuple(c for c in cases if c is not None),
+        conditions=parse_conditions(data.get("conditions", []), "conditions", problems),
+        expect_load_error=expected,
+    )
+
+
+def load_scenario(path: Path, policies_dir: Path | None = None) -> Scenario:
+    """Load and validate one scenario file; one ConfigError lists every problem."""
+    return load_scenarios([path], policies_dir)[0]
+
+
+def load_scenarios(
+    paths: Iterable[Path], policies_dir: Path | None = None
+) -> list[Scenario]:
+    """Load several scenario files (or directories of them); all problems at once."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+        else:
+            files.append(path)
+    problems: list[Problem] = []
+    scenarios = []
+    for file in files:
+        own = Problems(str(file))
+        data = read_yaml(file, own)
+        base = policies_dir or find_policies_dir(file)
+        scenario = parse_scenario(file, data, own, base) if data is not None else None
+        problems += own.items
+        if scenario is not None:
+            scenarios.append(scenario)
+    if problems:
+        raise ConfigError(problems)
+    return scenarios

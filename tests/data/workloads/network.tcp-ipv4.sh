@@ -1,0 +1,17 @@
+# harness workload tcp-ipv4
+harness_check() {
+    [ "$3" = any ] || [ "$2" -eq "$3" ] && return 0
+    echo "harness: step $1 ($4) exited $2, expected $3" >&2
+    exit 97
+}
+# step 1: connect tcp ipv4 127.0.0.1 port 8080
+(
+/bin/timeout 60 /bin/nc -l -p 8080 > /dev/null & harness_listener=$!
+i=0; while ! /bin/grep -q ':1F90 [0-9A-F]*:0000 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null; do i=$((i+1)); if [ $i -gt 3000 ]; then echo 'harness: no listener on tcp port 8080' >&2; exit 98; fi; /bin/usleep 10000; done
+printf '%s' 'harness
+' | /bin/timeout 30 /bin/nc 127.0.0.1 8080
+harness_rc=$?
+wait $harness_listener
+exit $harness_rc
+)
+harness_check 1 $? 0 'connect tcp ipv4 127.0.0.1 port 8080'

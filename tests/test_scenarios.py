@@ -1,0 +1,338 @@
+"""Scenario files: strict loading, conditions, and the busybox rendering of steps."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.events import read_export
+from harness.loaderrors import LoadErrorKind
+from harness.matching import check
+from harness.scenarios import KernelFacts, load_scenario, load_scenarios
+from harness.steps import Connect, OpenFile, Run, Step, WriteFile, render_script
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
+EXAMPLES = ("file-access", "lsm", "network", "syscalls")
+
+
+def golden(name: str, text: str) -> None:
+    """Compare with tests/data/NAME; HARNESS_REGEN_GOLDEN=1 rewrites it."""
+    path = DATA / name
+    if REGEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    if not path.is_file():
+        pytest.fail(f"{path} is missing; run with HARNESS_REGEN_GOLDEN=1 to create it")
+    assert text == path.read_text(), f"differs from {path} (HARNESS_REGEN_GOLDEN=1)"
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+POLICY = """\
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: p-open
+spec:
+  kprobes:
+    - call: fd_install
+      syscall: false
+"""
+
+
+def test_example_scenarios_load() -> None:
+    scenarios = {s.name: s for s in load_scenarios([ROOT / "scenarios"])}
+
+    assert sorted(scenarios) == list(EXAMPLES)
+    access = scenarios["file-access"]
+    assert [p.name for p in access.policies] == ["harness-file-access-etc"]
+    assert access.policies[0].path == ROOT / "policies" / "file-access-etc.yaml"
+    etc_read = access.cases[0]
+    assert etc_read.name == "etc-read"
+    (expected,) = etc_read.expect
+    assert expected.name == "passwd-descriptor"
+    assert (expected.count.min, expected.count.max) == (1, 1)
+    assert scenarios["syscalls"].cases[2].ordered is True
+    assert scenarios["lsm"].conditions[0].action == "skip"
+
+
+def test_the_example_differs_from_the_recorded_run_only_where_it_should(
+    shared_dir: Path,
+) -> None:
+    run = shared_dir / "tetragon/recorded/6.1.176-x86_64-fd-install-and-openat"
+    if not run.is_dir():
+        pytest.skip(f"{run} not found")
+    events = read_export(run / "events.jsonl")[0]
+    etc_read = load_scenario(ROOT / "scenarios/file-access.yaml").cases[0]
+
+    result = check(events, etc_read.expect)
+
+    # The recorded run used its own policy name and ran cat by bare name, so
+    # busybox re-executed itself; everything else of the example holds.
+    (failure,) = result.failures
+    assert failure.closest is not None and failure.closest.function == "fd_install"
+    assert {d.field for d in failure.diffs} == {"policy", "process.binary"}
+    assert {d.actual for d in failure.diffs} == {"'fd-install'", "'/proc/self/exe'"}
+
+
+def test_rendered_workloads_golden() -> None:
+    sh = shutil.which("sh")
+    for scenario in load_scenarios([ROOT / "scenarios"]):
+        for case in scenario.cases:
+            script = case.script()
+            golden(f"workloads/{scenario.name}.{case.name}.sh", script)
+            if sh is not None:
+                # Syntax only: the host's sh parses what busybox sh will run.
+                subprocess.run([sh, "-n"], input=script, text=True, check=True)
+
+
+def test_step_wrappers() -> None:
+    step = Step(OpenFile("/etc/it's", "append"), user="harness", namespaces=("net",))
+
+    line = step.render()
+
+    assert line.startswith("/bin/unshare --net /bin/sh -c ")
+    assert "/bin/ip link set lo up && /bin/su -s /bin/sh harness -c " in line
+    assert "oflag=append" in line
+    sh = shutil.which("sh")
+    if sh is not None:
+        subprocess.run([sh, "-n", "-c", line], check=True)
+    write_step = Step(WriteFile("/tmp/a b", "x'y\n", append=True)).render()
+    assert (
+        write_step == "printf '%s' 'x'\"'\"'y\n' | /bin/tee -a '/tmp/a b' > /dev/null"
+    )
+
+
+def test_connect_rendering() -> None:
+    tcp6 = Connect("tcp", "ipv6", 8081, "hi\n").render()
+    udp6 = Connect("udp", "ipv6", 53).render()
+
+    assert "/bin/nc -l -p 8081" in tcp6
+    # /proc/net/tcp prints ports in hex; 8081 is 1F91, state 0A is LISTEN.
+    assert ":1F91 [0-9A-F]*:0000 0A" in tcp6
+    assert "/bin/nc ::1 8081" in tcp6
+    assert udp6.endswith("/bin/nslookup -type=a harness.invalid [::1]:53")
+    script = render_script([Step(Connect("udp", "ipv4", 53), exit=None)], "c")
+    assert "harness_check 1 $? any" in script
+
+
+BAD = """\
+description: 42
+policies: [p-open.yaml, missing.yaml]
+colour: blue
+conditions:
+  - skip: ""
+    if: {arch: amd64, version: {min: banana}}
+cases:
+  Bad_Name:
+    steps:
+      - read: etc/passwd
+      - exec: [cat, /etc/passwd]
+      - connect: {protocol: sctp, port: 70000}
+      - run: /bin/true
+        user: alice
+        namespaces: [net, time]
+      - read: /a
+        write: {path: /b}
+    expect:
+      - type: kprobe
+        function: {prefx: fd}
+        policy: p-typo
+        args: {random: []}
+    tiemout: 5
+  empty: {}
+"""
+
+
+def test_a_malformed_scenario_lists_every_problem(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    path = write(tmp_path, "scenarios/bad.yaml", BAD)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    problems = caught.value.problems
+    assert {p.file for p in problems} == {str(path)}
+    keys = {p.key for p in problems}
+    assert keys == {
+        "description",
+        "colour",
+        "policies[1]",
+        "conditions[0].skip",
+        "conditions[0].if.arch",
+        "conditions[0].if.version.min",
+        "cases.Bad_Name",
+        "cases.Bad_Name.steps[0].read",
+        "cases.Bad_Name.steps[1].exec",
+        "cases.Bad_Name.steps[2].connect.protocol",
+        "cases.Bad_Name.steps[2].connect.port",
+        "cases.Bad_Name.steps[3].user",
+        "cases.Bad_Name.steps[3].namespaces",
+        "cases.Bad_Name.steps[4]",
+        "cases.Bad_Name.expect[0].function.prefx",
+        "cases.Bad_Name.expect[0].policy",
+        "cases.Bad_Name.expect[0].args.random",
+        "cases.Bad_Name.expect[0].args",
+        "cases.Bad_Name.tiemout",
+        "cases.empty",
+        "cases.empty.steps",
+    }
+    message = str(caught.value)
+    assert message.startswith(f"{len(problems)} problem(s) in configuration:")
+    assert f"{path}: conditions[0].if.arch: 'amd64' is not an arch (did you mean " in (
+        message
+    )
+    assert "'p-typo' is not a policy of this scenario (p-open)" in message
+
+
+def test_problems_of_every_file_come_together(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    first = write(tmp_path, "scenarios/a.yaml", "policies: [p-open.yaml]\ncases: 3\n")
+    second = write(tmp_path, "scenarios/b.yaml", "policies: [p-open.yaml]\n  bad: [\n")
+    dup = write(
+        tmp_path,
+        "scenarios/c.yaml",
+        "policies: [p-open.yaml]\npolicies: [p-open.yaml]\ncases: {}\n",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenarios([tmp_path / "scenarios"])
+
+    found = {(p.file, p.key) for p in caught.value.problems}
+    assert (str(first), "cases") in found
+    assert (str(second), "") in found
+    assert any(
+        p.file == str(dup) and "duplicate key 'policies'" in p.message
+        for p in caught.value.problems
+    )
+
+
+def test_policies_must_load_on_every_arch(tmp_path: Path) -> None:
+    arch_bound = POLICY.replace("fd_install", "__x64_sys_openat").replace(
+        "false", "true"
+    )
+    policy = write(tmp_path, "policies/p-open.yaml", arch_bound)
+    scenario = write(
+        tmp_path,
+        "scenarios/s.yaml",
+        "policies: [p-open.yaml]\ncases:\n  c:\n    steps: [{read: /etc/passwd}]\n"
+        "    expect: [{type: kprobe}]\n",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(scenario)
+
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.key) == (str(policy), "spec.kprobes[0].call")
+    assert "write `call: sys_openat` with `syscall: true`" in problem.message
+
+
+def test_a_scenario_can_expect_its_policy_not_to_load(tmp_path: Path) -> None:
+    write(tmp_path, "policies/broken.yaml", "spec:\n  kprobes: [\n")
+    path = write(
+        tmp_path,
+        "scenarios/s.yaml",
+        "policies: [broken.yaml]\nexpect_load_error: invalid-policy\n",
+    )
+
+    scenario = load_scenario(path)
+
+    assert scenario.expect_load_error is LoadErrorKind.INVALID_POLICY
+    assert scenario.cases == ()
+    assert scenario.policies[0].name == "broken"
+
+
+def recorded_facts(shared_dir: Path, kernel: str, arch: str = "x86_64") -> KernelFacts:
+    boot = shared_dir / "tetragon/recorded/corpus" / kernel / "boot-positive"
+    if not boot.is_dir():
+        pytest.skip(f"{boot} not found")
+    lsms = frozenset((boot / "lsm.txt").read_text().strip().split(","))
+    # `... #1 SMP PREEMPT_DYNAMIC Debian 6.1.176-1 (2026-07-02)`
+    found = re.search(
+        r"Debian ([\d.]+-\d+) \(", (boot / "proc-version.txt").read_text()
+    )
+    assert found is not None
+    return KernelFacts(kernel.split("-")[0], arch, found[1], lsms)
+
+
+def test_lsm_scenario_conditions_on_recorded_kernels(shared_dir: Path) -> None:
+    lsm = load_scenario(ROOT / "scenarios/lsm.yaml")
+    case = lsm.cases[0]
+
+    old = lsm.verdict(case, recorded_facts(shared_dir, "5.10-amd64"))
+    assert old.action == "skip" and "BPF LSM" in old.reason
+    assert lsm.verdict(case, recorded_facts(shared_dir, "6.1-amd64")).action == "run"
+    assert lsm.verdict(case, recorded_facts(shared_dir, "6.12-amd64")).action == "run"
+    arm = lsm.verdict(case, recorded_facts(shared_dir, "6.1-amd64", "arm64"))
+    assert arm.action == "xfail"
+    unknown = lsm.verdict(case, KernelFacts("6.12", "x86_64", "6.12.117"))
+    assert unknown.action == "skip" and "unknown" in unknown.reason
+    newer_arm = recorded_facts(shared_dir, "6.12-amd64", "arm64")
+    assert lsm.verdict(case, newer_arm).action == "run"
+
+
+def test_condition_facts(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = """\
+policies: p-open.yaml
+cases:
+  c:
+    steps: [{read: /etc/passwd}]
+    expect: [{type: kprobe}]
+    conditions:
+      - xfail: no fprobe
+        unless: {config: CONFIG_FPROBE}
+      - skip: old series
+        if: {kernel: ["5.10", "5.15"]}
+      - skip: exactly 6.1
+        if: {version: "6.1", arch: [arm64]}
+"""
+    scenario = load_scenario(write(tmp_path, "scenarios/s.yaml", text))
+    case = scenario.cases[0]
+
+    def verdict(**facts: object) -> tuple[str, str]:
+        found = scenario.verdict(case, KernelFacts(**facts))  # type: ignore[arg-type]
+        return found.action, found.reason
+
+    fprobe = {"CONFIG_FPROBE": "y"}
+    assert verdict(kernel="6.12", arch="x86_64", config=fprobe) == ("run", "")
+    assert verdict(kernel="6.1", arch="x86_64", config={}) == ("xfail", "no fprobe")
+    assert verdict(kernel="5.10", arch="x86_64", config=fprobe)[0] == "skip"
+    assert verdict(kernel="6.1", arch="arm64", version="6.1.176-1", config=fprobe) == (
+        "skip",
+        "exactly 6.1",
+    )
+    assert (
+        verdict(kernel="x", arch="arm64", version="6.10.2", config=fprobe)[0] == "run"
+    )
+
+
+def test_a_step_with_the_wrong_exit_status_stops_the_script() -> None:
+    sh = shutil.which("sh")
+    if sh is None:
+        pytest.skip("no sh on this host to run a rendered script")
+    steps = [Step(Run("true")), Step(Run("false")), Step(Run("echo never"))]
+
+    done = subprocess.run(
+        [sh], input=render_script(steps), text=True, capture_output=True
+    )
+
+    assert done.returncode == 97
+    assert done.stderr == "harness: step 2 (run false) exited 1, expected 0\n"
+    assert "never" not in done.stdout
+    lenient = [Step(Run("false"), exit=None), Step(Run("sh -c 'exit 3'"), exit=3)]
+    assert subprocess.run([sh], input=render_script(lenient), text=True).returncode == 0
