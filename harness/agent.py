@@ -16,7 +16,8 @@ import re
 import shlex
 import tarfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import requests
@@ -24,6 +25,7 @@ import requests
 from harness.arches import ARCHES
 from harness.cache import Cache, sha256_file
 from harness.errors import FetchError, GuestError, HarnessError, IntegrityError
+from harness.loaderrors import PolicyLoadError, classify, from_tetra_output
 from harness.vm import VM
 
 log = logging.getLogger(__name__)
@@ -184,25 +186,18 @@ class AgentSource:
         raise IntegrityError(f"{url}.sha256sum lists no checksum for {name}")
 
 
-@dataclass(frozen=True)
-class PolicyLoadError(HarnessError):
-    """The agent refused a policy; `text` is the agent's own error."""
-
-    policy: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"policy {self.policy} failed to load: {self.text}"
-
-
 class Tetragon:
     """The agent running in one VM."""
 
-    def __init__(self, vm: VM, bundle: AgentBundle) -> None:
+    def __init__(self, vm: VM, bundle: AgentBundle, args: Sequence[str] = ()) -> None:
         self.vm = vm
         self.bundle = bundle
+        self.args = tuple(args)
         self.version = bundle.version
         self.loaded: dict[str, float] = {}
+        # A policy that failed once fails the same way again: say so at once
+        # instead of paying for another load under TCG.
+        self.refused: dict[str, PolicyLoadError] = {}
         self.ready_seconds = 0.0
         self.offset = 0
 
@@ -212,6 +207,7 @@ class Tetragon:
             "--bpf-lib", "/usr/local/lib/tetragon/bpf/",
             "--export-filename", EXPORT,
             "--log-level", "info",
+            *self.args,
         ]  # fmt: skip
         script = (
             f"mkdir -p {GUEST_DIR}/policies && cd {GUEST_DIR}\n"
@@ -253,6 +249,8 @@ class Tetragon:
         """Add a policy at runtime (once per VM); seconds the load took."""
         if name in self.loaded:
             return 0.0
+        if name in self.refused:
+            raise self.refused[name]
         guest = f"{GUEST_DIR}/policies/{name}.yaml"
         self.vm.copy_in(text.encode(), guest)
         started = time.monotonic()
@@ -263,8 +261,11 @@ class Tetragon:
             timeout=timeout,
         )
         if result.status != 0:
-            text_out = (result.stdout + result.stderr).decode(errors="replace").strip()
-            raise PolicyLoadError(name, text_out)
+            output = (result.stdout + result.stderr).decode(errors="replace").strip()
+            failure = from_tetra_output(output) or classify(output)
+            failure = replace(failure, policy=failure.policy or name)
+            self.refused[name] = PolicyLoadError(failure, where=self.vm.kernel.id)
+            raise self.refused[name]
         self.loaded[name] = time.monotonic() - started
         return self.loaded[name]
 

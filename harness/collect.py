@@ -116,7 +116,7 @@ class ScenarioItem(pytest.Item):
             bundle = source.bundle(self.target.arch)
             if bundle is None:
                 pytest.skip(f"--tetragon has no agent for {self.target.arch}")
-            agent = Tetragon(slot.vm, bundle)
+            agent = Tetragon(slot.vm, bundle, options_of(self.config).tetragon_args)
             agent.start()
             slot.agent = agent
         assert isinstance(slot.agent, Tetragon)

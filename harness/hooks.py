@@ -80,6 +80,7 @@ class Checker:
     def add(
         self, hook: str, severity: Severity, code: str, reason: str, where: str = ""
     ) -> None:
+        """Record a finding of this policy on this kernel."""
         inv = self.inv
         self.found.append(
             Finding(
@@ -94,6 +95,10 @@ class Checker:
                 where,
             )
         )
+
+    def has(self, option: str) -> bool:
+        """Whether a config option is `y`; assumed so when the config is unknown."""
+        return not self.inv.config or self.inv.enabled(option)
 
     # -- symbols --
 
@@ -139,9 +144,8 @@ class Checker:
                     hook.label, "error", "list-pattern", f"bad pattern: {e}", hook.where
                 )
                 return []
-            found = [
-                (s, False) for s in sorted(inv.filter_functions) if pattern.search(s)
-            ]
+            matches = (s for s in inv.filter_functions if pattern.search(s))
+            found = [(s, False) for s in sorted(matches)]
             what = f"available_filter_functions matching {spec.pattern!r}"
         if not found:
             self.add(
@@ -319,7 +323,7 @@ class Checker:
 
     def needs_trampolines(self, hook: AnyHook, what: str) -> bool:
         """Whether BPF trampolines can attach here; an error finding if not."""
-        if self.inv.enabled(TRAMPOLINES):
+        if self.has(TRAMPOLINES):
             return True
         reason = (
             f"{what} need BPF trampolines, and CONFIG_{TRAMPOLINES} is not set on "
@@ -331,6 +335,7 @@ class Checker:
     def multi(self) -> bool:
         """Whether Tetragon attaches this policy's kprobes with kprobe_multi."""
         disabled = self.policy.options.get("disable-kprobe-multi", "") in ("true", "1")
+        # Unknown config: claim no refusal that depends on kprobe_multi.
         return self.inv.enabled(KPROBE_MULTI) and not disabled
 
     def override(self, hook: KprobeHook, sym: str, syscall: bool) -> None:
@@ -349,7 +354,7 @@ class Checker:
                 )
                 self.add(hook.label, "error", "override-multi", reason, hook.where)
         elif syscall:
-            if not self.inv.enabled(OVERRIDE_HELPER):
+            if not self.has(OVERRIDE_HELPER):
                 reason = (
                     f"Override on a syscall needs bpf_override_return, and "
                     f"CONFIG_{OVERRIDE_HELPER} is not set"
@@ -405,7 +410,7 @@ class Checker:
     def lsm(self, hook: LsmHook) -> None:
         """BPF LSM support, the hook's BTF prototype and its arguments."""
         inv = self.inv
-        if not inv.enabled("BPF_LSM"):
+        if not self.has("BPF_LSM"):
             reason = "CONFIG_BPF_LSM is not set: no BPF LSM programs"
             self.add(hook.label, "error", "lsm-unsupported", reason, hook.where)
             return
@@ -428,7 +433,7 @@ class Checker:
 
     def uprobe(self, hook: UprobeHook) -> None:
         """Kernel uprobe support, and whether the binary is in the harness guest."""
-        if not self.inv.enabled("UPROBES"):
+        if not self.has("UPROBES"):
             reason = "CONFIG_UPROBES is not set: no uprobes"
             self.add(hook.label, "error", "uprobe-unsupported", reason, hook.where)
             return
@@ -457,9 +462,9 @@ class Checker:
         if not self.policy.enforcer_calls:
             return
         inv = self.inv
-        if inv.enabled(OVERRIDE_HELPER):
+        if self.has(OVERRIDE_HELPER):
             return
-        if inv.enabled(TRAMPOLINES) and inv.error_injection:
+        if self.has(TRAMPOLINES) and inv.error_injection:
             return
         reason = (
             f"the enforcer needs bpf_override_return (CONFIG_{OVERRIDE_HELPER}) or "
@@ -471,7 +476,7 @@ class Checker:
         """Without fprobe, every kprobe symbol is its own attachment."""
         kprobes = [h for h in self.policy.hooks if isinstance(h, KprobeHook)]
         count = sum(max(1, len(h.calls)) for h in kprobes if h.section == "kprobes")
-        if count > 1 and not self.inv.enabled(KPROBE_MULTI):
+        if count > 1 and not self.has(KPROBE_MULTI):
             reason = (
                 f"no CONFIG_{KPROBE_MULTI}: Tetragon attaches {count} single kprobes "
                 "instead of one kprobe_multi link (slower to load)"
@@ -481,6 +486,9 @@ class Checker:
     def run(self) -> list[Finding]:
         """Every finding of the policy on this kernel and arch."""
         self.policy_findings()
+        if not self.inv.config:
+            reason = "no kernel config (package or /proc/config.gz): features assumed"
+            self.add("(policy)", "info", "config-unknown", reason)
         for hook in self.policy.hooks:
             if isinstance(hook, KprobeHook):
                 self.kprobe(hook)
@@ -503,11 +511,8 @@ def merge(findings: list[Finding], total: int) -> list[Finding]:
     merged = []
     for group in groups.values():
         first = group[0]
-        if len(group) == 1:
-            merged.append(first)
-            continue
-        more = len(group) - 1
-        reason = f"{len(group)} of {total} symbols: {first.reason}; and {more} more"
+        more = f"; and {len(group) - 1} more" if len(group) > 1 else ""
+        reason = f"{len(group)} of {total} symbols: {first.reason}{more}"
         merged.append(Finding(**{**asdict(first), "reason": reason}))
     return merged
 

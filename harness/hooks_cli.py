@@ -25,6 +25,7 @@ from harness.errors import FetchError, HarnessError
 from harness.inventory import Inventory
 from harness.matrix import Matrix, Target
 from harness.policy import Policy, load_all
+from harness.policyschema import SEVERITIES
 from harness.symbols import static_symbols
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def add_parsers(subparsers: Any) -> None:
     _matrix_options(check)
     check.add_argument(
         "--severity",
-        choices=("error", "warning", "info"),
+        choices=SEVERITIES,
         default="info",
         help="show findings of at least this severity in the table",
     )
@@ -100,7 +101,6 @@ def inventories(
     """The inventory of each target: cached, or captured by booting it."""
     found: dict[str, Inventory] = {}
     missing: list[Target] = []
-    kernels = {}
     for target in targets:
         cached = _cached(matrix, target)
         if offline:
@@ -112,19 +112,20 @@ def inventories(
             found[target.id] = cached
             continue
         try:
-            kernels[target.id] = matrix.kernel(target)
+            # The exact version names the inventory: no kernel download needed.
+            version = matrix.provisioner.resolve_version(target.spec, target.arch)
         except FetchError as e:
             if cached is None:
                 raise
             say(f"{target.id}: archive unreachable, using cached {cached.version}: {e}")
             found[target.id] = cached
             continue
-        path = inventory.inventory_path(matrix.cache, kernels[target.id])
+        path = inventory.inventory_path(matrix.cache, target.id, version)
         if path.is_file():
             found[target.id] = inventory.load(path)
         else:
             missing.append(target)
-    found |= _capture(matrix, missing, kernels, symbols, artefacts, say)
+    found |= _capture(matrix, missing, symbols, artefacts, say)
     return [found[t.id] for t in targets]
 
 
@@ -136,7 +137,6 @@ def _cached(matrix: Matrix, target: Target) -> Inventory | None:
 def _capture(
     matrix: Matrix,
     targets: Sequence[Target],
-    kernels: dict[str, Any],
     symbols: Callable[[str], list[str]],
     artefacts: Path,
     say: Callable[[str], None],
@@ -145,28 +145,29 @@ def _capture(
         return {}
     # Kernels and initramfs are provisioned here, one at a time; only the
     # boots run in parallel (a VM is started and stopped by the same thread).
+    kernels = {t.id: matrix.kernel(t) for t in targets}
     vms = {t.id: matrix.vm(t, artefacts / t.id) for t in targets}
 
     def one(target: Target) -> Inventory:
         start = time.monotonic()
-        say(f"{target.id}: no inventory of {kernels[target.id].version}, booting")
+        kernel = kernels[target.id]
+        say(f"{target.id}: no inventory of {kernel.version}, booting to capture it")
         inv = inventory.ensure(
-            matrix.cache,
-            kernels[target.id],
-            lambda: vms[target.id],
-            symbols(target.arch),
+            matrix.cache, kernel, lambda: vms[target.id], symbols(target.arch)
         )
         say(f"{target.id}: inventory captured in {time.monotonic() - start:.1f} s")
         return inv
 
     with ThreadPoolExecutor(max_workers=MAX_BOOTS) as pool:
-        return {
-            t.id: inv for t, inv in zip(targets, pool.map(one, targets), strict=True)
-        }
+        captured = pool.map(one, targets)
+        return {t.id: inv for t, inv in zip(targets, captured, strict=True)}
 
 
 def _setup(args: argparse.Namespace) -> tuple[Matrix, list[Policy]]:
     catalogue = load(getattr(args, "catalogue", None) or find_catalogue())
+    absent = [str(p) for p in args.paths if not p.exists()]
+    if absent:
+        raise HarnessError(f"no such policy file or directory: {', '.join(absent)}")
     policies = load_all(args.paths)
     if not policies:
         raise HarnessError(f"no policy files under {', '.join(map(str, args.paths))}")
@@ -222,7 +223,7 @@ def print_check(
     least: str,
 ) -> None:
     """The findings table (identical findings on several cells share a row)."""
-    order = ("error", "warning", "info")
+    order = SEVERITIES
     shown = [f for f in findings if order.index(f.severity) <= order.index(least)]
     rows: dict[tuple[str, str, str, str, str], list[str]] = {}
     for f in shown:

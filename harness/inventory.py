@@ -272,11 +272,6 @@ def parse_formats(text: str) -> dict[str, str]:
     return {name: ";".join(fields) for name, fields in formats.items()}
 
 
-def field_name(decl: str) -> str:
-    """The field name of a format declaration (`unsigned long args[6]` -> args)."""
-    return re.sub(r"\[.*\]$", "", decl.rsplit(" ", 1)[-1]).lstrip("*")
-
-
 # -- capture in a guest ----------------------------------------------------------
 
 
@@ -333,41 +328,58 @@ def _guest_config(vm: VM, kernel: Kernel) -> dict[str, str]:
     return parse_config(text)
 
 
+@dataclass(frozen=True)
+class _GuestText:
+    """The guest files an inventory is made of, as read."""
+
+    kallsyms: str
+    filters: str
+    blacklist: str
+    injection: str
+    lsm: str
+    formats: str
+    files: str
+    btf: bytes
+
+
+def _read_guest(vm: VM) -> _GuestText:
+    def text(path: str, required: bool = True) -> str:
+        return _read(vm, path, required).decode(errors="replace")
+
+    return _GuestText(
+        kallsyms=text("/proc/kallsyms"),
+        filters=text(f"{TRACING}/available_filter_functions"),
+        # Both are debugfs files that exist only with their config options.
+        blacklist=text("/sys/kernel/debug/kprobes/blacklist", False),
+        injection=text("/sys/kernel/debug/error_injection/list", False),
+        lsm=text("/sys/kernel/security/lsm", False),
+        # One `head` over every format file: a shell loop of `cat`s takes 20 s
+        # under TCG, this takes a fraction of one.
+        formats=vm.shell(
+            f"cd {TRACING}/events && head -n 100000 */*/format", timeout=300
+        ).text,
+        files=vm.shell(
+            "find / -xdev \\( -type f -o -type l \\) 2>/dev/null", timeout=120
+        ).text,
+        btf=_read(vm, "/sys/kernel/btf/vmlinux", required=False),
+    )
+
+
 def capture(vm: VM, kernel: Kernel, probe_symbols: Iterable[str] = ()) -> Inventory:
     """Read everything the hook checks need from a booted guest."""
     phase = _Phases()
     with phase("read"):
-        kallsyms = _read(vm, "/proc/kallsyms").decode(errors="replace")
-        text, dups, groups = parse_kallsyms(kallsyms)
-        filters = parse_filter_functions(
-            _read(vm, f"{TRACING}/available_filter_functions").decode()
-        )
-        blacklist = parse_blacklist(
-            _read(vm, "/sys/kernel/debug/kprobes/blacklist", required=False).decode()
-        )
-        injection = parse_error_injection(
-            _read(vm, "/sys/kernel/debug/error_injection/list", False).decode()
-        )
-        lsm_text = _read(vm, "/sys/kernel/security/lsm", required=False).decode()
+        raw = _read_guest(vm)
         config = _guest_config(vm, kernel)
-        formats = vm.shell(
-            f"cd {TRACING}/events && head -n 100000 */*/format", timeout=300
-        )
-        files = vm.shell(
-            "find / -xdev \\( -type f -o -type l \\) 2>/dev/null", timeout=120
-        )
-        btf_bytes = _read(vm, "/sys/kernel/btf/vmlinux", required=False)
+        text, dups, groups = parse_kallsyms(raw.kallsyms)
+        filters = parse_filter_functions(raw.filters)
+        blacklist = parse_blacklist(raw.blacklist)
     with phase("btf") as detail:
-        summary = _summarise_btf(btf_bytes)
+        summary = _summarise_btf(raw.btf)
         detail.append(f"{len(summary.functions)} functions")
     with phase("probe") as detail:
-        tables = SymbolTables(
-            text,
-            filters,
-            blacklist,
-            dups,
-            proberules.traceable_aliases(groups, filters),
-        )
+        aliases = proberules.traceable_aliases(groups, filters)
+        tables = SymbolTables(text, filters, blacklist, dups, aliases)
         sample = proberules.probe_sample(tables)
         # Syscall entry points outside the filter list are few and policies
         # name them often (a generated syscall list takes all): test them all.
@@ -389,16 +401,16 @@ def capture(vm: VM, kernel: Kernel, probe_symbols: Iterable[str] = ()) -> Invent
         duplicate_symbols=dups,
         aliases=tables.aliases,
         blacklist=blacklist,
-        error_injection=injection,
-        lsms=tuple(x for x in lsm_text.strip().split(",") if x),
+        error_injection=parse_error_injection(raw.injection),
+        lsms=tuple(x for x in raw.lsm.strip().split(",") if x),
         config=config,
         functions=summary.functions,
         raw_tracepoints=summary.raw_tracepoints,
         typedefs=summary.typedefs,
-        tracepoints=parse_formats(formats.text),
+        tracepoints=parse_formats(raw.formats),
         probes=probes,
         rules=rules,
-        guest_files=frozenset(files.text.split()),
+        guest_files=frozenset(raw.files.split()),
         phases=tuple(phase.done),
         captured_at=time.time(),
     )
@@ -498,11 +510,9 @@ def load(path: Path) -> Inventory:
     return from_json(data)
 
 
-def inventory_path(cache: Cache, kernel: Kernel) -> Path:
-    """Where the inventory of a kernel lives in the cache."""
-    return cache.path(
-        "inventory", f"v{FORMAT}", f"{kernel.id}-{kernel.version}.json.gz"
-    )
+def inventory_path(cache: Cache, kernel_id: str, version: str) -> Path:
+    """Where the inventory of a kernel (`6.1-arm64`, exact version) is cached."""
+    return cache.path("inventory", f"v{FORMAT}", f"{kernel_id}-{version}.json.gz")
 
 
 def cached_paths(cache: Cache, kernel_id: str) -> list[Path]:
@@ -521,7 +531,7 @@ def ensure(
     probe_symbols: Iterable[str] = (),
 ) -> Inventory:
     """The cached inventory of `kernel`, captured in a guest from `boot()` if absent."""
-    entry = inventory_path(cache, kernel)
+    entry = inventory_path(cache, kernel.id, kernel.version)
     if entry.is_file():
         with contextlib.suppress(InventoryError):
             return load(entry)

@@ -75,7 +75,9 @@ RULES = (
     ),
     _rule(
         K.HOOK_NOT_FOUND,
-        r"call \"[^\"]*\": not found|not found in kallsyms|no such (symbol|function)"
+        # Agents before 1.4 say `call "X" type name X: not found`.
+        r"call \"[^\"]*\"( type name \S+)?: not found|not found in kallsyms"
+        r"|no such (symbol|function)"
         r"|failed to (find|resolve) (symbol|function|tracepoint)"
         r"|tracepoint [^ ]* (does not exist|not found)",
         "the hook does not exist on this kernel (renamed, inlined or not built); "

@@ -51,6 +51,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(env HARNESS_TETRAGON, ini harness_tetragon); without it, "
         "scenarios run as firing checks",
     )
+    group.addoption(
+        "--tetragon-arg",
+        dest="harness_tetragon_args",
+        action="append",
+        help="extra argument for the agent, repeatable, e.g. "
+        "--tetragon-arg=--disable-kprobe-multi (ini: harness_tetragon_args)",
+    )
+    parser.addini("harness_tetragon_args", "extra agent arguments", default="")
     parser.addini("harness_kernels", "default --kernels", default="default")
     parser.addini("harness_tetragon", "default --tetragon", default="")
     parser.addini("harness_arch", "default --arch", default="x86_64,arm64")

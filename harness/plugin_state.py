@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,11 @@ class Options:
     boot_timeout: float | None
     memory_mb: int
     tetragon: str
+    tetragon_args: tuple[str, ...]
 
 
 TETRAGON_ENV = "HARNESS_TETRAGON"
+TETRAGON_ARGS_ENV = "HARNESS_TETRAGON_ARGS"
 # Tetragon and its BPF objects unpack into the initramfs; give them room.
 AGENT_MEMORY_MB = 2048
 
@@ -53,6 +56,11 @@ def options_of(config: pytest.Config) -> Options:
             tetragon=config.getoption("harness_tetragon")
             or os.environ.get(TETRAGON_ENV, "")
             or config.getini("harness_tetragon"),
+            tetragon_args=tuple(
+                config.getoption("harness_tetragon_args")
+                or shlex.split(os.environ.get(TETRAGON_ARGS_ENV, ""))
+                or shlex.split(config.getini("harness_tetragon_args"))
+            ),
         )
     return config.stash[OPTIONS]
 

@@ -124,11 +124,13 @@ class Reader:
     def add(
         self, where: str, message: str, code: str, severity: Severity = "error"
     ) -> None:
+        """Record a finding at `where` (a dotted key such as spec.kprobes[0])."""
         self.findings.append(
             PolicyFinding(self.path, self.document, where, severity, code, message)
         )
 
     def mapping(self, value: Any, where: str, keys: str) -> dict[str, Any]:
+        """`value` as a mapping whose keys are checked against KEYS[keys]."""
         if not isinstance(value, dict):
             self.add(where, f"must be a mapping, not {type(value).__name__}", "type")
             return {}
@@ -142,6 +144,7 @@ class Reader:
         return value
 
     def items(self, obj: Mapping[str, Any], key: str, where: str) -> Iterator[Any]:
+        """The items of the list at `obj[key]` (none if absent or not a list)."""
         value = obj.get(key)
         if value is None:
             return
@@ -153,6 +156,7 @@ class Reader:
     def scalar(
         self, obj: Mapping[str, Any], key: str, where: str, kind: type, default: Any
     ) -> Any:
+        """`obj[key]` if it has type `kind`, else `default` and a finding."""
         value = obj.get(key, default)
         # YAML reads `yes` as a bool and `1` as an int; Tetragon's JSON decoder
         # is as strict about them as this.
@@ -168,6 +172,7 @@ class Reader:
         return default
 
     def strings(self, obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+        """The list of strings at `obj[key]` (numbers read as strings)."""
         values = []
         for i, v in enumerate(self.items(obj, key, where)):
             if isinstance(v, str | int) and not isinstance(v, bool):

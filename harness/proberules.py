@@ -174,6 +174,7 @@ def run_probes(vm: VM, symbols: list[str]) -> dict[str, str]:
 def learn(
     probes: Mapping[str, str], sample: list[str], tables: SymbolTables
 ) -> ProbeRules:
+    """The rules this kernel follows, and how well they predict every probe tried."""
     notrace, unique = learn_rules({s: probes[s] for s in sample}, tables)
     rules = ProbeRules(notrace, unique, 0, 0)
     agreed = sum(

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from debian.debian_support import Version
@@ -24,7 +24,7 @@ from harness.arches import get_arch
 from harness.errors import GuestError
 from harness.events import Event, Window, attribute, parse_lines
 from harness.kernels import Kernel
-from harness.loaderrors import LoadFailure, classify
+from harness.loaderrors import LoadFailure, PolicyLoadError
 from harness.matching import Expectation, check
 from harness.scenarios import Case, KernelFacts, Scenario
 from harness.vm import VM
@@ -84,9 +84,8 @@ def load_policies(
     for pol in scenario.policies:
         try:
             total += agent.add_policy(pol.name, pol.path.read_text())
-        except Exception as e:
-            text = getattr(e, "text", str(e))
-            return total, classify(text, source=str(pol.path))
+        except PolicyLoadError as e:
+            return total, replace(e.failure, source=str(pol.path))
     return total, None
 
 

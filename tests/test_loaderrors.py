@@ -209,3 +209,18 @@ def test_classification_golden(corpus: Path) -> None:
             table[key] = failure.kind.value if failure else "loaded"
 
     golden("loaderrors-classified.json", json.dumps(table, indent=1) + "\n")
+
+
+def test_older_agents_wording_of_a_missing_function() -> None:
+    # Seen from a real Tetragon v1.3.0 `tetra tracingpolicy add` on 6.1 x86_64.
+    output = (
+        "Error: failed to add tracing policy: rpc error: code = Unknown desc = "
+        "policy handler 'tracing' failed loading policy 'missing-hook': validation "
+        "failed: kprobe spec pre-validation failed: call \"harness_no_such_function\" "
+        "type name harness_no_such_function: not found"
+    )
+    failure = from_tetra_output(output)
+    assert failure is not None
+    assert failure.kind is LoadErrorKind.HOOK_NOT_FOUND
+    assert failure.policy == "missing-hook"
+    assert failure.reason.endswith("harness_no_such_function: not found")
