@@ -36,9 +36,14 @@ class ScenarioFailure(Exception):
     """A case did not hold; the message is the readable report."""
 
 
-def is_scenario(path: Path) -> bool:
-    """Whether pytest should collect `path` as a scenario file."""
-    return path.suffix in (".yaml", ".yml") and "scenarios" in path.parts
+def top_folder(path: Path, root: Path) -> str:
+    """`scenarios` or `policies` for a YAML file under that folder of the rootdir."""
+    if path.suffix not in (".yaml", ".yml"):
+        return ""
+    try:
+        return path.relative_to(root).parts[0]
+    except ValueError:
+        return ""
 
 
 class ScenarioFile(pytest.File):
@@ -182,4 +187,4 @@ class ScenarioItem(pytest.Item):
         return self.path, 0, f"{self.scenario.name}::{self.name}"
 
 
-__all__ = ["LoadFailure", "ScenarioFile", "ScenarioItem", "is_scenario"]
+__all__ = ["LoadFailure", "ScenarioFile", "ScenarioItem", "top_folder"]

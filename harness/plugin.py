@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.collect import ScenarioFile, is_scenario
+from harness.collect import ScenarioFile, top_folder
+from harness.collect_policies import PolicyFile, report_status
 from harness.errors import HarnessError
 from harness.fixtures import _harness_properties, harness_matrix, target, vm
-from harness.plugin_state import matrix_of, options_of
+from harness.matrix import Target
+from harness.plugin_state import POOL, matrix_of, options_of
 
 __all__ = ["_harness_properties", "harness_matrix", "target", "vm"]
 
@@ -87,25 +89,59 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     )
 
 
+def item_target(item: pytest.Item) -> Target | None:
+    """The target an item runs on: its `target` parameter or attribute."""
+    callspec = getattr(item, "callspec", None)
+    chosen = callspec.params.get("target") if callspec else None
+    if chosen is None:
+        chosen = getattr(item, "target", None)
+    return chosen if isinstance(chosen, Target) else None
+
+
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Keep each target's tests on one xdist worker, so each kernel boots once."""
+    """Group items by target (one boot each) and keep a group on one xdist worker."""
+    order: dict[str, int] = {}
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        chosen = callspec.params.get("target") if callspec else None
+        chosen = item_target(item)
         if chosen is not None:
+            order.setdefault(chosen.id, len(order))
             item.add_marker(pytest.mark.xdist_group(chosen.id))
             item.add_marker(pytest.mark.boot)
+
+    def key(item: pytest.Item) -> int:
+        chosen = item_target(item)
+        return -1 if chosen is None else order[chosen.id]
+
+    # Stable: tests without a target first, then each target's items together.
+    items.sort(key=key)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Power off this process's last VM."""
+    pool = session.config.stash.get(POOL, None)
+    if pool is not None:
+        pool.close()
 
 
 def pytest_collect_file(
     file_path: Path, parent: pytest.Collector
 ) -> pytest.File | None:
-    """Collect scenario YAML files under a `scenarios/` directory."""
-    if is_scenario(file_path):
+    """Collect `scenarios/*.yaml` as scenarios and `policies/*.yaml` as hook checks."""
+    folder = top_folder(file_path, parent.config.rootpath)
+    if folder == "scenarios":
         return ScenarioFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
+    if folder == "policies":
+        return PolicyFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
     return None
+
+
+def pytest_report_teststatus(
+    report: pytest.TestReport, config: pytest.Config
+) -> tuple[str, str, str] | None:
+    """A hook check that found only warnings reads as a warning."""
+    return report_status(report)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
