@@ -22,6 +22,9 @@ from harness.errors import FetchError, HarnessError, IntegrityError
 log = logging.getLogger(__name__)
 
 BUSYBOX_SUITE = "bookworm"
+# Bumped when the unpacked layout or the manifest changes: older entries are
+# rebuilt from their (cached) packages.
+LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,10 @@ def _manifest_valid(directory: Path) -> bool:
     if not manifest.is_file():
         return False
     data = json.loads(manifest.read_text())
+    if data.get("layout") != LAYOUT:
+        return False
     image = directory / data["image"]
-    return image.is_file() and sha256_file(image) == data["image_sha256"]
+    return image.is_file() and sha256_file(image) == str(data["image_sha256"])
 
 
 def _kernel_from_dir(spec: KernelSpec, arch: str, directory: Path) -> Kernel:
@@ -153,6 +158,7 @@ def _unpack_debs(
         tmp, f"boot/System.map-{release}", f"lib/modules/{release}/System.map"
     )
     manifest = {
+        "layout": LAYOUT,
         "release": release,
         "version": version,
         "packages": packages,

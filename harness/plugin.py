@@ -131,9 +131,9 @@ def pytest_collect_file(
     """Collect `scenarios/*.yaml` as scenarios and `policies/*.yaml` as hook checks."""
     folder = top_folder(file_path, parent.config.rootpath)
     if folder == "scenarios":
-        return ScenarioFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
+        return ScenarioFile.from_parent(parent, path=file_path)
     if folder == "policies":
-        return PolicyFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
+        return PolicyFile.from_parent(parent, path=file_path)
     return None
 
 

@@ -1,0 +1,147 @@
+"""Rendering the matrix: golden Markdown, HTML and JSON, escaping, atomic writes.
+
+The input, tests/data/report/input.json, is a merge of two recorded runs: the
+file-access and canary scenarios with hook checks and a `vm` test on 6.1 and
+6.12 x86_64 (firing mode), and tests of every outcome on 6.1 and 6.12 arm64.
+HARNESS_REGEN_GOLDEN=1 rewrites the golden files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness import report, results
+from harness.results import Cell, Column, Matrix
+
+DATA = Path(__file__).parent / "data" / "report"
+REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
+
+
+def golden(name: str, text: str) -> None:
+    """Compare with tests/data/report/NAME; HARNESS_REGEN_GOLDEN=1 rewrites it."""
+    path = DATA / name
+    if REGEN:
+        path.write_text(text, encoding="utf-8")
+        return
+    if not path.is_file():
+        pytest.fail(f"{path} is missing; run with HARNESS_REGEN_GOLDEN=1 to create it")
+    assert text == path.read_text(encoding="utf-8"), (
+        f"differs from {path} (HARNESS_REGEN_GOLDEN=1 to accept)"
+    )
+
+
+@pytest.fixture(scope="module")
+def recorded() -> Matrix:
+    """The recorded matrix."""
+    return results.load(DATA / "input.json")
+
+
+def broken(m: Matrix) -> Matrix:
+    """The recorded matrix with the canary failing on 6.1 and a test now passing."""
+    cells = []
+    for c in m.cells:
+        if c.row.startswith("scenarios/canary.yaml") and c.column == "6.1-x86_64":
+            c = replace(c, outcome="fail", reason="SILENT kprobe fd_install")
+        if c.outcome == "xfail":
+            c = replace(c, outcome="xpass")
+        cells.append(c)
+    return results.build(m.columns, cells)
+
+
+def test_recorded_input_covers_every_outcome(recorded: Matrix) -> None:
+    seen = {c.outcome for c in recorded.cells}
+    assert seen >= {"pass", "fail", "xfail", "skip", "warning"}
+    assert any(c.artefacts for c in recorded.cells)
+
+
+def test_markdown_golden(recorded: Matrix) -> None:
+    golden("matrix.md", report.render_markdown(recorded, base=".."))
+
+
+def test_html_golden(recorded: Matrix) -> None:
+    golden("matrix.html", report.render_html(recorded, base=".."))
+
+
+def test_json_golden(recorded: Matrix) -> None:
+    golden("matrix.json", results.dumps(recorded))
+
+
+def test_diff_golden(recorded: Matrix) -> None:
+    d = results.diff(recorded, broken(recorded))
+    golden("diff.md", report.render_diff_markdown(d))
+    golden("diff.txt", "\n".join(report.diff_lines(d)) + "\n")
+
+
+def test_column_headers_name_kernel_version_arch_and_accelerator(
+    recorded: Matrix,
+) -> None:
+    md = report.render_markdown(recorded)
+    col = recorded.columns[0]
+    head = md.splitlines()[4]
+    assert col.kernel in head and col.kernel_version in head and col.accelerator in head
+    html = report.render_html(recorded)
+    assert f'<div class="meta version">{col.kernel_version}</div>' in html
+    assert col.kernel_release in html
+
+
+def test_html_needs_no_network(recorded: Matrix) -> None:
+    html = report.render_html(recorded)
+    for needle in ("http://", "https://", "<script", "<link", "@import", "url("):
+        assert needle not in html
+    assert "<style>" in html
+
+
+def test_text_from_the_run_is_escaped() -> None:
+    cell = Cell("t.py::x", "6.1-x86_64", "fail", "got <script>a|b</script> *x*")
+    m = results.build([Column("6.1", "x86_64", "6.1.1-1", "6.1.0", "kvm")], [cell])
+    md = report.render_markdown(m)
+    assert "got \\<script\\>a\\|b\\</script\\> \\*x\\*" in md
+    html = report.render_html(m)
+    assert "&lt;script&gt;a|b&lt;/script&gt;" in html and "<script>" not in html
+
+
+def test_artefact_links_are_relative_to_the_report() -> None:
+    assert report.link("artefacts/6.1-x86_64/vm/console.log", "..") == (
+        "../artefacts/6.1-x86_64/vm/console.log"
+    )
+    assert report.link("a b/c.log", ".") == "a%20b/c.log"
+    assert report.link("/abs/x.log", "..") == "file:///abs/x.log"
+    assert report.link_base(Path("/w"), Path("/w/reports/merged")) == "../.."
+
+
+def test_a_large_matrix_fits_a_step_summary() -> None:
+    columns = [Column(k, a, "1.0-1", "r", "tcg") for k in "abcd" for a in ("x", "y")]
+    cells = [
+        Cell(f"scenarios/s{i}.yaml::case", c.id, "fail", "x" * 200, artefacts=("a",) * 5)
+        for i in range(400)
+        for c in columns
+    ]
+    md = report.render_markdown(results.build(columns, cells))
+    assert len(md.encode()) < 1024 * 1024
+    assert f"… and {400 * 8 - report.MAX_DETAILS} more: see matrix.html" in md
+
+
+def test_an_empty_run_says_so() -> None:
+    assert "No test ran on a kernel target." in report.render_markdown(Matrix())
+    assert "No test ran on a kernel target." in report.render_html(Matrix())
+
+
+def test_reports_are_replaced_whole(
+    tmp_path: Path, recorded: Matrix, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = report.write_reports(recorded, tmp_path)
+    assert [p.name for p in paths] == ["matrix.json", "matrix.md", "matrix.html"]
+    before = {p.name: p.read_bytes() for p in paths}
+
+    def interrupted(src: str, dst: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_reports(Matrix(), tmp_path)
+    assert {p.name: p.read_bytes() for p in paths} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
