@@ -96,19 +96,25 @@ class Cache:
         if entry.is_dir() and valid(entry):
             return entry
         with self.lock(entry):
-            if entry.is_dir():
-                if valid(entry):
-                    return entry
+            stale = entry.is_dir()
+            if stale and valid(entry):
+                return entry
+            if stale:
                 log.warning("cache entry %s failed verification; rebuilding", entry)
-                shutil.rmtree(entry)
             tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+            aside = entry.with_name(f".{entry.name}.stale-{os.getpid()}")
             try:
                 build(tmp)
                 if not valid(tmp):
                     raise_invalid(entry)
-                os.replace(tmp, entry)
+                # Build first, then swap: a reader of the old entry is never
+                # left without one for longer than two renames.
+                if stale:
+                    os.rename(entry, aside)
+                os.rename(tmp, entry)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(aside, ignore_errors=True)
         return entry
 
 
