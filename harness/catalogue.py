@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,19 @@ def _entry(
                 "a local kernel needs `image:` (with `modules:`) or `debs:`",
             )
         )
-    sha = str(raw.get("sha256", ""))
-    if source == "url" and len(sha) != 64:
+    sha = raw.get("sha256", "")
+    if source == "url" and not (
+        isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)
+    ):
+        hint = " (quote it: YAML read it as a number)" if isinstance(sha, int) else ""
         problems.append(
             Problem(
                 file,
                 f"{where}.sha256",
-                "must be the 64 hex digits of the file's SHA-256",
+                f"must be the 64 hex digits of the file's SHA-256{hint}",
             )
         )
+    sha = str(sha)
     default = raw.get("default", False)
     if not isinstance(default, bool):
         problems.append(Problem(file, f"{where}.default", "must be true or false"))

@@ -65,6 +65,16 @@ extra: 1
     assert len(caught.value.problems) == 7
 
 
+def test_an_unquoted_numeric_sha256_gets_a_hint(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "kernels:\n  - {name: k, source: url, url: 'http://x.test/k.deb', "
+        f"sha256: {'1' * 64}}}\n",
+    )
+    with pytest.raises(ConfigError, match="quote it: YAML read it as a number"):
+        load(path)
+
+
 def test_unknown_kernel_name_lists_the_known_ones() -> None:
     catalogue = load(ROOT / "kernels.yaml")
     with pytest.raises(ConfigError, match=r"no kernel named '9.9' \(known: 5.10, 6.1"):
