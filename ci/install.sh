@@ -10,6 +10,7 @@ packages=(
     gpgv                     # checks the archive's signed indices
     debian-archive-keyring   # the keys those indices are signed with
     bpftool                  # reads kernel BTF for the hook checks
+    chromium                 # renders the HTML report in its test
 )
 missing=()
 for package in "${packages[@]}"; do
