@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from harness import hooks_cli, report_cli
 from harness.catalogue import find_catalogue, load
 from harness.errors import HarnessError
 from harness.matrix import Matrix
@@ -126,12 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.epilog = "Everything after `--` is the command to run in the guest."
     boot.set_defaults(func=cmd_boot)
 
-    try:
-        from harness import hooks_cli
-    except ImportError:
-        pass
-    else:
-        hooks_cli.add_parsers(sub)
+    hooks_cli.add_parsers(sub)
+    report_cli.add_parsers(sub)
     return parser
 
 

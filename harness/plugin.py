@@ -15,6 +15,9 @@ from harness.plugin_state import POOL, matrix_of, options_of
 
 __all__ = ["_harness_properties", "harness_matrix", "target", "vm"]
 
+# The matrix report, baseline diff and junit properties.
+pytest_plugins = ["harness.reportplugin"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Register the harness options and their ini equivalents."""

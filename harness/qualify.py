@@ -30,7 +30,7 @@ from harness.cache import sha256_file
 from harness.catalogue import find_catalogue
 from harness.catalogue import load as load_catalogue
 from harness.errors import HarnessError
-from harness.hooks import Finding
+from harness.hooks import TRAMPOLINES, Finding
 from harness.inventory import Inventory
 from harness.matrix import Matrix as KernelMatrix
 from harness.matrix import Target
@@ -50,7 +50,8 @@ HOOK_TYPES = ("kprobe", "tracepoint", "lsm", "uprobe")
 NEEDS: dict[str, tuple[str, ...]] = {
     "kprobe": ("KPROBES", "KPROBE_EVENTS", "BPF_EVENTS"),
     "tracepoint": ("TRACEPOINTS", "BPF_EVENTS"),
-    "lsm": ("BPF_LSM",),
+    # BPF LSM programs attach through BPF trampolines.
+    "lsm": ("BPF_LSM", TRAMPOLINES),
     "uprobe": ("UPROBES", "UPROBE_EVENTS"),
 }
 FAILING = ("fail", "xpass")

@@ -83,10 +83,17 @@ def _not_passing(matrix: Matrix) -> list[Cell]:
     return [c for c in matrix.cells if c.outcome != "pass"]
 
 
+def labels(cell: Cell) -> list[tuple[str, str]]:
+    """(label, path) of a cell's artefacts; `vm/console.log` when a name repeats."""
+    names = [Path(a).name for a in cell.artefacts]
+    return [
+        (f"{Path(a).parent.name}/{n}" if names.count(n) > 1 else n, a)
+        for a, n in zip(cell.artefacts, names, strict=True)
+    ]
+
+
 def _md_links(cell: Cell, base: str) -> str:
-    return " · ".join(
-        f"[{md_escape(Path(a).name)}]({link(a, base)})" for a in cell.artefacts
-    )
+    return " · ".join(f"[{md_escape(t)}]({link(a, base)})" for t, a in labels(cell))
 
 
 def render_markdown(
@@ -149,10 +156,10 @@ table.matrix { border-collapse: collapse; }
 .cell a { font-size: 11px; margin-right: 4px; }
 td.pass { background: #dafbe1; }
 td.fail { background: #ffc1c0; }
-td.xfail { background: #fff1c2; }
-td.xpass { background: #ffd8b5; }
+td.xfail { background: #e8dcff; }
+td.xpass { background: #ffc58f; }
 td.skip { background: #eaeef2; }
-td.warning { background: #fff8c5; }
+td.warning { background: #ffe49a; }
 td.none { background: #fff; color: #8c959f; }
 .banner { background: #fff8c5; border: 1px solid #d4a72c; padding: 6px 10px; }
 .counts td { font-size: 11px; background: #f6f8fa; }
@@ -180,7 +187,7 @@ is incomplete.</p>{% endif %}
  title="{{ tooltip(cell) }}"><span class="outcome">{{ cell.outcome }}</span>
 {% if cell.duration %}<span class="time">{{ "%.1f"|format(cell.duration) }} s</span>
 {% endif %}{% if cell.reason %}<span class="reason">{{ cell.reason }}</span>{% endif %}
-{% for a in cell.artefacts %}<a href="{{ href(a) }}">{{ basename(a) }}</a>{% endfor %}
+{% for text, a in labels(cell) %}<a href="{{ href(a) }}">{{ text }}</a>{% endfor %}
 </td>{% else %}<td class="none" data-row="{{ row }}" data-column="{{ col.id }}"
  data-outcome="">—</td>{% endif %}
 {% endfor %}</tr>
@@ -219,7 +226,7 @@ def render_html(matrix: Matrix, base: str = "", title: str = "Kernel matrix") ->
         tooltip=_tooltip,
         counts=counts,
         href=lambda a: link(a, base),
-        basename=lambda a: Path(a).name,
+        labels=labels,
     )
 
 
@@ -302,6 +309,15 @@ def write_reports(
 def link_base(run_dir: Path, report_dir: Path) -> str:
     """How a report in `report_dir` reaches paths relative to `run_dir`."""
     return Path(os.path.relpath(run_dir.resolve(), report_dir.resolve())).as_posix()
+
+
+def shown(path: Path, start: Path) -> Path:
+    """`path` relative to `start` when it is under it, else absolute: for messages."""
+    absolute = path.resolve()
+    try:
+        return absolute.relative_to(start.resolve())
+    except ValueError:
+        return absolute
 
 
 def describe(paths: Iterable[Path]) -> str:

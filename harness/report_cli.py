@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -134,5 +133,6 @@ def cmd_qualify(args: argparse.Namespace) -> int:
     print(f"{q.agent}: {verdict}; {q.matrix_summary}")
     for pid in q.policy_ids():
         print(f"  {pid}: works on {', '.join(q.works_on(pid)) or 'nowhere'}")
-    print(f"report: {', '.join(os.path.relpath(p) for p in paths)}")
+    here = Path.cwd()
+    print(f"report: {', '.join(str(report.shown(p, here)) for p in paths)}")
     return 0 if q.qualified else 1

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import pytest
 
-from harness import report, results
+from harness import report as render
+from harness import results
 from harness.errors import ConfigError
 from harness.matrix import Target
 from harness.plugin_state import POOL, options_of
@@ -109,18 +109,32 @@ def _missing(item: pytest.Item, target: Target) -> dict[str, str]:
                 found["agent_ready_seconds"] = f"{ready:.2f}"
     if not opts.tetragon:
         found["agent"] = "none (firing check)"
-    scenario = getattr(item, "scenario", None)
-    if scenario is not None:
-        digest = hashlib.sha256()
-        for pol in scenario.policies:
-            digest.update(Path(pol.path).read_bytes())
-        found["policy_sha256"] = digest.hexdigest()
+    found.setdefault("agent", "tetragon (not started on this target)")
+    digest = _policy_digest(item)
+    if digest:
+        found["policy_sha256"] = digest
     evidence = getattr(item, "artefacts", None)
     if isinstance(evidence, Path):
         found["artefacts"] = _relative(evidence, config)
     vm_dir = Path(opts.artefacts) / target.id / "vm"
     found["console_log"] = _relative(vm_dir / "console.log", config)
     return found
+
+
+def _policy_digest(item: pytest.Item) -> str:
+    # A scenario hashes its policies in order (as collect.py does); a hook
+    # check item is collected from the policy file itself.
+    scenario = getattr(item, "scenario", None)
+    if scenario is not None:
+        files = [Path(pol.path) for pol in scenario.policies]
+    elif item.path.suffix in (".yaml", ".yml"):
+        files = [item.path]
+    else:
+        return ""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _relative(path: Path, config: pytest.Config) -> str:
@@ -188,12 +202,12 @@ class MatrixRecorder:
         if not matrix.cells:
             return
         where = report_dir(self.config)
-        base = report.link_base(run_dir, where)
-        self.written = report.write_reports(matrix, where, base)
+        base = render.link_base(run_dir, where)
+        self.written = render.write_reports(matrix, where, base)
         if self.baseline is not None:
             change = results.diff(self.baseline, matrix)
             diff_md = where / "diff.md"
-            report.write_atomic(diff_md, report.render_diff_markdown(change))
+            render.write_atomic(diff_md, render.render_diff_markdown(change))
             self.written.append(diff_md)
         self.matrix = matrix
 
@@ -205,12 +219,12 @@ class MatrixRecorder:
             return
         tr = terminalreporter
         tr.write_sep("-", "harness matrix")
-        tr.write_line(report.summary(self.matrix))
+        tr.write_line(render.summary(self.matrix))
         run_dir = self.config.invocation_params.dir
-        rel = [Path(os.path.relpath(p, run_dir)) for p in self.written]
-        tr.write_line(f"reports: {report.describe(rel)}")
+        rel = [render.shown(p, run_dir) for p in self.written]
+        tr.write_line(f"reports: {render.describe(rel)}")
         if self.baseline is not None:
             name = self.config.getoption("harness_baseline")
             tr.write_sep("-", f"changes from {name}")
-            for line in report.diff_lines(results.diff(self.baseline, self.matrix)):
+            for line in render.diff_lines(results.diff(self.baseline, self.matrix)):
                 tr.write_line(line)

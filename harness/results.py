@@ -37,6 +37,8 @@ KIND = "harness-matrix"
 # Properties that describe the column (the target), not the cell.
 COLUMN_FACTS = ("kernel_version", "kernel_release", "accelerator")
 REASON_MAX = 200
+# Lines of a plain-text failure that the cell shows elsewhere (its links).
+SAID = ("artefacts: ",)
 
 
 def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
@@ -211,7 +213,7 @@ def _failure_line(report: pytest.TestReport) -> str:
     # Plain-text failures (scenario items) start with the node id; the next two
     # lines say what went wrong and on which expectation.
     lines = [ln.strip() for ln in str(longrepr).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if ln != report.nodeid]
+    lines = [ln for ln in lines if ln != report.nodeid and not ln.startswith(SAID)]
     return " — ".join(lines[:2])
 
 
@@ -261,7 +263,9 @@ class Collector:
         cells = [
             replace(c, artefacts=links(dict(c.properties))) for c, _ in self._cells
         ]
-        return build((col for _, col in self._cells), cells, incomplete)
+        # An item that started and never finished means the run was cut short.
+        cut = incomplete or bool(self._pending)
+        return build((col for _, col in self._cells), cells, cut)
 
 
 def _phase_outcome(report: pytest.TestReport) -> tuple[Outcome | None, str]:

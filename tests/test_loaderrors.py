@@ -216,7 +216,7 @@ def test_older_agents_wording_of_a_missing_function() -> None:
     output = (
         "Error: failed to add tracing policy: rpc error: code = Unknown desc = "
         "policy handler 'tracing' failed loading policy 'missing-hook': validation "
-        "failed: kprobe spec pre-validation failed: call \"harness_no_such_function\" "
+        'failed: kprobe spec pre-validation failed: call "harness_no_such_function" '
         "type name harness_no_such_function: not found"
     )
     failure = from_tetra_output(output)

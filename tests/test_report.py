@@ -1,20 +1,22 @@
 """Rendering the matrix: golden Markdown, HTML and JSON, escaping, atomic writes.
 
-The input, tests/data/report/input.json, is a merge of two recorded runs: the
-file-access and canary scenarios with hook checks and a `vm` test on 6.1 and
-6.12 x86_64 (firing mode), and tests of every outcome on 6.1 and 6.12 arm64.
-HARNESS_REGEN_GOLDEN=1 rewrites the golden files.
-"""
+The input, tests/data/report/input.json, merges two recorded runs: the
+file-access scenarios, a canary scenario whose policy names a missing
+function, their hook checks and a `vm` test on 6.1 and 6.12 x86_64 (firing
+mode, TCG); and target tests of every outcome but xpass on 6.1 and 6.12, both
+arches. HARNESS_REGEN_GOLDEN=1 rewrites the golden files."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from harness import report, results
+from harness import report, report_cli, results
+from harness.errors import HarnessError
 from harness.results import Cell, Column, Matrix
 
 DATA = Path(__file__).parent / "data" / "report"
@@ -40,14 +42,14 @@ def recorded() -> Matrix:
     return results.load(DATA / "input.json")
 
 
-def broken(m: Matrix) -> Matrix:
-    """The recorded matrix with the canary failing on 6.1 and a test now passing."""
+def changed(m: Matrix) -> Matrix:
+    """The recorded matrix with etc-read failing on 6.12 and xfails passing."""
     cells = []
     for c in m.cells:
-        if c.row.startswith("scenarios/canary.yaml") and c.column == "6.1-x86_64":
+        if c.row.endswith("::etc-read") and c.column == "6.12-x86_64":
             c = replace(c, outcome="fail", reason="SILENT kprobe fd_install")
         if c.outcome == "xfail":
-            c = replace(c, outcome="xpass")
+            c = replace(c, outcome="xpass", reason="known bug")
         cells.append(c)
     return results.build(m.columns, cells)
 
@@ -71,7 +73,7 @@ def test_json_golden(recorded: Matrix) -> None:
 
 
 def test_diff_golden(recorded: Matrix) -> None:
-    d = results.diff(recorded, broken(recorded))
+    d = results.diff(recorded, changed(recorded))
     golden("diff.md", report.render_diff_markdown(d))
     golden("diff.txt", "\n".join(report.diff_lines(d)) + "\n")
 
@@ -116,7 +118,9 @@ def test_artefact_links_are_relative_to_the_report() -> None:
 def test_a_large_matrix_fits_a_step_summary() -> None:
     columns = [Column(k, a, "1.0-1", "r", "tcg") for k in "abcd" for a in ("x", "y")]
     cells = [
-        Cell(f"scenarios/s{i}.yaml::case", c.id, "fail", "x" * 200, artefacts=("a",) * 5)
+        Cell(
+            f"scenarios/s{i}.yaml::case", c.id, "fail", "x" * 200, artefacts=("a",) * 5
+        )
         for i in range(400)
         for c in columns
     ]
@@ -145,3 +149,28 @@ def test_reports_are_replaced_whole(
         report.write_reports(Matrix(), tmp_path)
     assert {p.name: p.read_bytes() for p in paths} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+
+
+def cli(*argv: str) -> int:
+    """Run a `harness report` subcommand through its parser."""
+    parser = argparse.ArgumentParser()
+    report_cli.add_parsers(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_report_diff_command_exits_1_on_a_regression(
+    tmp_path: Path, recorded: Matrix, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(results.dumps(recorded))
+    after.write_text(results.dumps(changed(recorded)))
+    assert cli("report", "diff", str(before), str(after)) == 1
+    assert "newly failing (1):" in capsys.readouterr().out
+    assert cli("report", "diff", str(before), str(before)) == 0
+    assert capsys.readouterr().out == "no change from the baseline\n"
+
+
+def test_report_merge_names_missing_shards(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match=r"no such matrix file: .*absent\.json"):
+        cli("report", "merge", str(tmp_path / "absent.json"), "-o", str(tmp_path))

@@ -91,7 +91,7 @@ def run_all(where: Path, commands: Sequence[list[str]]) -> list[str]:
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         for cmd in commands
     ]
     outs = [p.communicate(timeout=1800)[0] for p in procs]
@@ -184,17 +184,8 @@ def test_merged_shards_equal_the_single_run(
     parser = argparse.ArgumentParser()
     report_cli.add_parsers(parser.add_subparsers())
     out = where / "reports" / "merged"
-    args = parser.parse_args(
-        [
-            "report",
-            "merge",
-            *map(str, reversed(shards)),
-            "-o",
-            str(out),
-            "--run-dir",
-            str(where),
-        ]  # fmt: skip
-    )
+    argv = ["report", "merge", *map(str, reversed(shards)), "-o", str(out)]
+    args = parser.parse_args([*argv, "--run-dir", str(where)])
     assert args.func(args) == 0
     again = results.load(out / "matrix.json")
     assert again == merged
