@@ -74,8 +74,9 @@ def result(results: dict, scenario: str, test: str) -> tuple[str, str]:
     raise AssertionError(f"no {scenario}::{test} in {sorted(results)}")
 
 
-FILE_ACCESS = (ROOT / "scenarios" / "file-access.yaml").read_text()
-FILE_POLICY = (ROOT / "policies" / "file-access-etc.yaml").read_text()
+EXAMPLES = Path(__file__).parent / "data" / "examples"
+FILE_ACCESS = (EXAMPLES / "scenarios" / "file-access.yaml").read_text()
+FILE_POLICY = (EXAMPLES / "policies" / "file-access-etc.yaml").read_text()
 WRONG_PATH = FILE_ACCESS.replace(
     "          - path: /etc/passwd", "          - path: /etc/shadow"
 )

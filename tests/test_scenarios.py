@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
 EXAMPLES = ("file-access", "lsm", "network", "syscalls")
+# A frozen copy of the first example scenarios and their policies: these tests
+# pin their content, which the live library in scenarios/ is free to change.
+EXAMPLES_DIR = Path(__file__).parent / "data" / "examples"
 
 
 def golden(name: str, text: str) -> None:
@@ -54,13 +57,18 @@ spec:
 """
 
 
+def test_the_scenario_library_loads() -> None:
+    library = load_scenarios([ROOT / "scenarios"])
+    assert {"file-access", "lsm", "network", "syscalls"} <= {s.name for s in library}
+
+
 def test_example_scenarios_load() -> None:
-    scenarios = {s.name: s for s in load_scenarios([ROOT / "scenarios"])}
+    scenarios = {s.name: s for s in load_scenarios([EXAMPLES_DIR / "scenarios"])}
 
     assert sorted(scenarios) == list(EXAMPLES)
     access = scenarios["file-access"]
     assert [p.name for p in access.policies] == ["harness-file-access-etc"]
-    assert access.policies[0].path == ROOT / "policies" / "file-access-etc.yaml"
+    assert access.policies[0].path == EXAMPLES_DIR / "policies" / "file-access-etc.yaml"
     etc_read = access.cases[0]
     assert etc_read.name == "etc-read"
     (expected,) = etc_read.expect
@@ -77,7 +85,7 @@ def test_the_example_differs_from_the_recorded_run_only_where_it_should(
     if not run.is_dir():
         pytest.skip(f"{run} not found")
     events = read_export(run / "events.jsonl")[0]
-    etc_read = load_scenario(ROOT / "scenarios/file-access.yaml").cases[0]
+    etc_read = load_scenario(EXAMPLES_DIR / "scenarios/file-access.yaml").cases[0]
 
     result = check(events, etc_read.expect)
 
@@ -91,7 +99,7 @@ def test_the_example_differs_from_the_recorded_run_only_where_it_should(
 
 def test_rendered_workloads_golden() -> None:
     sh = shutil.which("sh")
-    for scenario in load_scenarios([ROOT / "scenarios"]):
+    for scenario in load_scenarios([EXAMPLES_DIR / "scenarios"]):
         for case in scenario.cases:
             script = case.script()
             golden(f"workloads/{scenario.name}.{case.name}.sh", script)
@@ -270,7 +278,7 @@ def recorded_facts(shared_dir: Path, kernel: str, arch: str = "x86_64") -> Kerne
 
 
 def test_lsm_scenario_conditions_on_recorded_kernels(shared_dir: Path) -> None:
-    lsm = load_scenario(ROOT / "scenarios/lsm.yaml")
+    lsm = load_scenario(EXAMPLES_DIR / "scenarios/lsm.yaml")
     case = lsm.cases[0]
 
     old = lsm.verdict(case, recorded_facts(shared_dir, "5.10-amd64"))
