@@ -56,9 +56,11 @@ def scratch(where: Path) -> Path:
     """A small project: the file-access scenario, a canary, one `vm` test."""
     shutil.copy(ROOT / "kernels.yaml", where / "kernels.yaml")
     files = {
-        "scenarios/file-access.yaml": (ROOT / "scenarios/file-access.yaml").read_text(),
+        "scenarios/file-access.yaml": (
+            ROOT / "tests/data/examples/scenarios/file-access.yaml"
+        ).read_text(),
         "policies/file-access-etc.yaml": (
-            ROOT / "policies/file-access-etc.yaml"
+            ROOT / "tests/data/examples/policies/file-access-etc.yaml"
         ).read_text(),
         "scenarios/canary.yaml": textwrap.dedent(CANARY_SCENARIO),
         "policies/canary.yaml": textwrap.dedent(CANARY_POLICY),
