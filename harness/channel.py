@@ -86,6 +86,9 @@ class Channel:
                 chunk = self.sock.recv(1 << 20)
             except TimeoutError:
                 continue
+            except OSError as e:
+                # QEMU went away under us (crash, bad flags, poweroff).
+                raise ChannelError(f"the control channel broke: {e}") from e
             if not chunk:
                 raise ChannelError(
                     "the guest closed the control channel (did it crash?)"

@@ -82,8 +82,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
     options = VMOptions(memory_mb=args.memory, boot_timeout=args.boot_timeout)
     vm = matrix.vm(target, artefacts, options)
     if args.show_command:
+        # The VM is not started; its private directory stays, so the printed
+        # command (control socket included) runs as it is.
         print(shlex.join(vm.argv))
-        vm.close()
         return 0
     with vm:
         if not command:

@@ -125,7 +125,8 @@ class PolicyCheckItem(pytest.Item):
 
 def report_status(report: pytest.TestReport) -> tuple[str, str, str] | None:
     """Show a passed check that found warnings as a warning, not a plain pass."""
-    warned = ("outcome", "warning") in report.user_properties
+    # Collection reports have no user_properties.
+    warned = ("outcome", "warning") in getattr(report, "user_properties", ())
     if report.when == "call" and report.passed and warned:
         return WARNING, "W", "WARNING"
     return None
