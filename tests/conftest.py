@@ -41,3 +41,12 @@ def shared_dir() -> Path:
             f"{SHARED} not found: the shared/ directory must sit beside the repo"
         )
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def recorded(shared_dir: Path) -> Path:
+    """shared/tetragon/recorded: real Tetragon output."""
+    path = shared_dir / "tetragon" / "recorded"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found: the recorded Tetragon runs are missing")
+    return path

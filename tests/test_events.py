@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from goldenfile import assert_golden
 
 from harness.events import (
     Event,
@@ -20,7 +20,6 @@ from harness.events import (
 )
 
 DATA = Path(__file__).parent / "data"
-REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
 ARCH_SYMBOL = {"x86_64": "__x64_sys_openat", "arm64": "__arm64_sys_openat"}
 FD_INSTALL_RUNS = [
     f"{kernel}-{arch}-fd-install-and-openat"
@@ -31,23 +30,7 @@ FD_INSTALL_RUNS = [
 
 def golden(name: str, text: str) -> None:
     """Compare with tests/data/NAME; HARNESS_REGEN_GOLDEN=1 rewrites it."""
-    path = DATA / name
-    if REGEN:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; run with HARNESS_REGEN_GOLDEN=1 to create it")
-    assert text == path.read_text(), f"differs from {path} (HARNESS_REGEN_GOLDEN=1)"
-
-
-@pytest.fixture(scope="module")
-def recorded(shared_dir: Path) -> Path:
-    """shared/tetragon/recorded: real Tetragon output."""
-    path = shared_dir / "tetragon" / "recorded"
-    if not path.is_dir():
-        pytest.skip(f"{path} not found: the recorded Tetragon runs are missing")
-    return path
+    assert_golden(DATA / name, text)
 
 
 def events_of(path: Path) -> list[Event]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from goldenfile import assert_golden
 
 from harness.loaderrors import (
     LoadErrorKind,
@@ -20,7 +20,6 @@ from harness.loaderrors import (
 )
 
 DATA = Path(__file__).parent / "data"
-REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
 KERNELS = ["5.10-amd64", "6.1-amd64", "6.12-amd64"]
 K = LoadErrorKind
 # What each recorded case's add did, by kernel where it differs (README table).
@@ -42,13 +41,7 @@ LSM_CASES = ("p09-lsm-file-open", "p09b-lsm-file-open-real-binary")
 
 def golden(name: str, text: str) -> None:
     """Compare with tests/data/NAME; HARNESS_REGEN_GOLDEN=1 rewrites it."""
-    path = DATA / name
-    if REGEN:
-        path.write_text(text)
-        return
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; run with HARNESS_REGEN_GOLDEN=1 to create it")
-    assert text == path.read_text(), f"differs from {path} (HARNESS_REGEN_GOLDEN=1)"
+    assert_golden(DATA / name, text)
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from goldenfile import assert_golden
 
 from harness.errors import ConfigError
 from harness.events import Event, read_export
@@ -14,28 +14,12 @@ from harness.expectations import Problems, expectation, parse_expectation
 from harness.matching import Expectation, check, closest
 
 DATA = Path(__file__).parent / "data"
-REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
 KERNELS = ["5.10-amd64", "6.1-amd64", "6.12-amd64"]
 
 
 def golden(name: str, text: str) -> None:
     """Compare with tests/data/NAME; HARNESS_REGEN_GOLDEN=1 rewrites it."""
-    path = DATA / name
-    if REGEN:
-        path.write_text(text)
-        return
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; run with HARNESS_REGEN_GOLDEN=1 to create it")
-    assert text == path.read_text(), f"differs from {path} (HARNESS_REGEN_GOLDEN=1)"
-
-
-@pytest.fixture(scope="module")
-def recorded(shared_dir: Path) -> Path:
-    """shared/tetragon/recorded: real Tetragon output."""
-    path = shared_dir / "tetragon" / "recorded"
-    if not path.is_dir():
-        pytest.skip(f"{path} not found: the recorded Tetragon runs are missing")
-    return path
+    assert_golden(DATA / name, text)
 
 
 def case(recorded: Path, kernel: str, name: str) -> list[Event]:

@@ -14,26 +14,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from goldenfile import assert_golden
 
 from harness import report, report_cli, results
 from harness.errors import HarnessError
 from harness.results import Cell, Column, Matrix
 
 DATA = Path(__file__).parent / "data" / "report"
-REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
 
 
 def golden(name: str, text: str) -> None:
     """Compare with tests/data/report/NAME; HARNESS_REGEN_GOLDEN=1 rewrites it."""
-    path = DATA / name
-    if REGEN:
-        path.write_text(text, encoding="utf-8")
-        return
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; run with HARNESS_REGEN_GOLDEN=1 to create it")
-    assert text == path.read_text(encoding="utf-8"), (
-        f"differs from {path} (HARNESS_REGEN_GOLDEN=1 to accept)"
-    )
+    assert_golden(DATA / name, text)
 
 
 @pytest.fixture(scope="module")

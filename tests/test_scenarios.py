@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from goldenfile import assert_golden
 
 from harness.errors import ConfigError
 from harness.events import read_export
@@ -19,7 +19,6 @@ from harness.steps import Connect, OpenFile, Run, Step, WriteFile, render_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
-REGEN = os.environ.get("HARNESS_REGEN_GOLDEN") == "1"
 EXAMPLES = ("file-access", "lsm", "network", "syscalls")
 # A frozen copy of the first example scenarios and their policies: these tests
 # pin their content, which the live library in scenarios/ is free to change.
@@ -28,14 +27,7 @@ EXAMPLES_DIR = Path(__file__).parent / "data" / "examples"
 
 def golden(name: str, text: str) -> None:
     """Compare with tests/data/NAME; HARNESS_REGEN_GOLDEN=1 rewrites it."""
-    path = DATA / name
-    if REGEN:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        return
-    if not path.is_file():
-        pytest.fail(f"{path} is missing; run with HARNESS_REGEN_GOLDEN=1 to create it")
-    assert text == path.read_text(), f"differs from {path} (HARNESS_REGEN_GOLDEN=1)"
+    assert_golden(DATA / name, text)
 
 
 def write(directory: Path, name: str, text: str) -> Path:
