@@ -24,6 +24,7 @@ import requests
 
 from harness.arches import ARCHES
 from harness.cache import Cache, sha256_file
+from harness.debian import download
 from harness.errors import FetchError, GuestError, HarnessError, IntegrityError
 from harness.loaderrors import PolicyLoadError, classify, from_tetra_output
 from harness.vm import VM
@@ -149,20 +150,10 @@ class AgentSource:
         expected = self._published_sum(url, name)
         entry = self.cache.path("downloads", expected[:16], name)
 
-        def download(tmp: Path) -> None:
-            try:
-                with requests.get(url, stream=True, timeout=(10, 120)) as response:
-                    response.raise_for_status()
-                    with tmp.open("wb") as f:
-                        for chunk in response.iter_content(1 << 20):
-                            f.write(chunk)
-            except requests.RequestException as e:
-                raise FetchError(f"cannot download the agent from {url}: {e}") from e
-
         def valid(path: Path) -> bool:
             return sha256_file(path) == expected
 
-        self.cache.file(entry, download, valid)
+        self.cache.file(entry, lambda tmp: download(url, tmp, name), valid)
         return self._from_tarball(entry, arch)
 
     def _published_sum(self, url: str, name: str) -> str:

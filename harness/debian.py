@@ -58,6 +58,24 @@ def _no_progress(label: str, done: int, total: int) -> None:
     return None
 
 
+def download(
+    url: str, dest: Path, label: str = "", progress: Progress = _no_progress
+) -> None:
+    """Stream `url` into `dest`; any failure is a FetchError naming the URL."""
+    try:
+        with requests.get(url, stream=True, timeout=TIMEOUT) as response:
+            response.raise_for_status()
+            total = int(response.headers.get("content-length", 0))
+            done = 0
+            with dest.open("wb") as f:
+                for chunk in response.iter_content(1 << 20):
+                    f.write(chunk)
+                    done += len(chunk)
+                    progress(label or url, done, total)
+    except requests.RequestException as e:
+        raise FetchError(f"cannot download {url}: {e}") from e
+
+
 class Archive:
     """A Debian archive mirror seen through a local, verified cache."""
 
@@ -79,19 +97,9 @@ class Archive:
 
     # -- network -------------------------------------------------------------
 
-    def _download(self, url: str, dest: Path, label: str) -> None:
-        try:
-            with requests.get(url, stream=True, timeout=TIMEOUT) as response:
-                response.raise_for_status()
-                total = int(response.headers.get("content-length", 0))
-                done = 0
-                with dest.open("wb") as f:
-                    for chunk in response.iter_content(1 << 20):
-                        f.write(chunk)
-                        done += len(chunk)
-                        self.progress(label, done, total)
-        except requests.RequestException as e:
-            raise FetchError(f"cannot download {url}: {e}") from e
+    def download(self, url: str, dest: Path, label: str) -> None:
+        """Download `url` to `dest`, reporting progress under `label`."""
+        download(url, dest, label, self.progress)
 
     # -- indices -------------------------------------------------------------
 
@@ -131,7 +139,7 @@ class Archive:
             os.close(fd)
             tmp = Path(name)
             try:
-                self._download(url, tmp, f"{suite} index")
+                self.download(url, tmp, f"{suite} index")
                 self._verified_release(tmp)
                 tmp.replace(entry)
             finally:
@@ -156,7 +164,7 @@ class Archive:
 
         url = f"{self.mirror}/dists/{suite}/{name}"
         label = f"{suite} {debarch}"
-        self.cache.file(entry, lambda tmp: self._download(url, tmp, label), valid)
+        self.cache.file(entry, lambda tmp: self.download(url, tmp, label), valid)
         found = self._selected(entry, suite)
         self._packages[(suite, debarch)] = found
         return found
@@ -192,9 +200,7 @@ class Archive:
 
         url = f"{self.mirror}/{package.filename}"
         label = f"{package.name} {package.version}"
-        return self.cache.file(
-            entry, lambda tmp: self._download(url, tmp, label), valid
-        )
+        return self.cache.file(entry, lambda tmp: self.download(url, tmp, label), valid)
 
 
 _WANTED = re.compile(

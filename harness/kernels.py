@@ -215,7 +215,7 @@ class Provisioner:
         download = self.cache.path("downloads", spec.sha256[:16], name)
         self.cache.file(
             download,
-            lambda tmp: self.archive._download(spec.url, tmp, name),
+            lambda tmp: self.archive.download(spec.url, tmp, name),
             lambda p: sha256_file(p) == spec.sha256,
         )
         return self._from_files(spec, arch, [download], spec.sha256[:16])

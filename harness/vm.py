@@ -255,18 +255,14 @@ class VM:
         check: bool = False,
     ) -> Result:
         """Run a command in the guest; `timeout` is in KVM seconds, scaled for TCG."""
-        if self.channel is None:
-            raise ChannelError("the VM is not running")
-        result = self.channel.run(
+        result = self.channel_or_fail().run(
             argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout * self.accel.scale
         )
         return result.check() if check else result
 
     def shell(self, script: str, timeout: float = 60.0) -> Result:
         """Run a busybox sh script in the guest."""
-        if self.channel is None:
-            raise ChannelError("the VM is not running")
-        return self.channel.run(
+        return self.channel_or_fail().run(
             ["sh", "-c", script], script=script, timeout=timeout * self.accel.scale
         )
 
