@@ -68,6 +68,11 @@ def wait_gone(marker: Path, seconds: float = 15) -> list[int]:
     return qemu_pids(marker)
 
 
+def boot_argv(kernel: str, artefacts: Path) -> list[str]:
+    """`harness boot KERNEL` on x86_64 with its artefacts in `artefacts`."""
+    return [*HARNESS, "boot", kernel, "--arch", "x86_64", "--artefacts", str(artefacts)]
+
+
 @pytest.fixture
 def x86_kernel() -> str:
     """A default kernel name to boot on x86_64."""
@@ -77,15 +82,7 @@ def x86_kernel() -> str:
 def test_sigint_to_the_cli_mid_boot_leaves_no_qemu(
     tmp_path: Path, x86_kernel: str
 ) -> None:
-    argv = [
-        *HARNESS,
-        "boot",
-        x86_kernel,
-        "--arch",
-        "x86_64",
-        "--artefacts",
-        str(tmp_path),
-    ]
+    argv = boot_argv(x86_kernel, tmp_path)
     proc = subprocess.Popen(
         [*argv, "--", "sleep", "100"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -99,15 +96,7 @@ def test_sigint_to_the_cli_mid_boot_leaves_no_qemu(
 
 def test_sigkill_of_the_owner_takes_qemu_down(tmp_path: Path, x86_kernel: str) -> None:
     # A crashed xdist worker cannot clean up; the kernel's parent-death signal must.
-    argv = [
-        *HARNESS,
-        "boot",
-        x86_kernel,
-        "--arch",
-        "x86_64",
-        "--artefacts",
-        str(tmp_path),
-    ]
+    argv = boot_argv(x86_kernel, tmp_path)
     proc = subprocess.Popen([*argv, "--", "sleep", "100"], stdout=subprocess.PIPE)
     wait_for_qemu(tmp_path, proc)
     proc.kill()
@@ -150,15 +139,7 @@ def test_sigint_to_pytest_mid_boot_leaves_no_qemu(
 def test_cli_prints_the_guest_output_and_exits_with_its_status(
     tmp_path: Path, x86_kernel: str
 ) -> None:
-    argv = [
-        *HARNESS,
-        "boot",
-        x86_kernel,
-        "--arch",
-        "x86_64",
-        "--artefacts",
-        str(tmp_path),
-    ]
+    argv = boot_argv(x86_kernel, tmp_path)
     done = subprocess.run(
         [*argv, "--", "sh", "-c", "uname -m; echo to-stderr >&2; exit 7"],
         capture_output=True,
