@@ -27,6 +27,7 @@ from harness.kernels import Kernel
 from harness.loaderrors import LoadFailure, PolicyLoadError
 from harness.matching import Expectation, check
 from harness.scenarios import Case, KernelFacts, Scenario
+from harness.steps import failed_step
 from harness.vm import VM
 
 MARK = "HARNESS-WORKLOAD"
@@ -132,8 +133,16 @@ def run_with_agent(
     _save(artefacts, events, mine, result.text + result.stderr.decode(errors="replace"))
     report = matched.render()
     if result.status != 0:
-        report = f"the workload exited {result.status}:\n{result.text}\n{report}"
+        output = result.text + result.stderr.decode(errors="replace")
+        report = f"{workload_failure(result.status, output)}\n{report}"
     return Outcome("tetragon", matched.ok and result.status == 0, report, timings)
+
+
+def workload_failure(status: int, output: str) -> str:
+    """Why a workload's exit status fails its case, naming the step that broke."""
+    step = failed_step(output)
+    head = step if step else f"the workload exited {status}"
+    return f"{head}; its output:\n{output.strip()[-2000:]}"
 
 
 def _save(
@@ -195,4 +204,11 @@ def run_firing(vm: VM, scenario: Scenario, case: Case) -> Outcome:
             or "no probe set"
         )
         lines.append(f"{'fired ' if fired else 'SILENT'} {expectation.name}: {state}")
+    if report.workload_status != 0:
+        # The steps' `exit:` hold in firing mode too: a workload that broke
+        # early may have fired the hook without doing what the case says.
+        ok = False
+        lines.insert(
+            0, workload_failure(report.workload_status, report.workload_output)
+        )
     return Outcome("firing", ok, "\n".join(lines), timings)

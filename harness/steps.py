@@ -9,6 +9,7 @@ user or new namespaces start a fresh shell, which has no helper functions).
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ UDP_SECONDS = 3
 LISTEN_POLLS = 3000
 LISTENER_MISSING = 98
 STEP_FAILED = 97
+# What the script prints on stderr when a step ends with the wrong status.
+FAILED_STEP = re.compile(r"^harness: (step \d+ \(.*\) exited \d+, expected \S+)$", re.M)
 
 
 def _guest_users() -> dict[str, int]:
@@ -269,8 +272,8 @@ harness_check() {{
 def render_script(steps: Sequence[Step], name: str = "") -> str:
     """A busybox sh script running `steps` in order, stopping at a wrong exit.
 
-    A failing step makes the script exit 97 with `harness: step N ...` on
-    stderr; a TCP listener that never came up makes it exit 98.
+    A step ending with another status than its `exit` makes the script exit
+    97 with `harness: step N (what) exited X, expected Y` on stderr.
     """
     lines = [f"# harness workload {name}".rstrip(), PREAMBLE.rstrip()]
     for number, step in enumerate(steps, start=1):
@@ -282,6 +285,12 @@ def render_script(steps: Sequence[Step], name: str = "") -> str:
             f"harness_check {number} $? {expected} {shlex.quote(what)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def failed_step(output: str) -> str | None:
+    """`step 2 (run false) exited 1, expected 0` from a script's output, if any."""
+    found = FAILED_STEP.search(output)
+    return found[1] if found else None
 
 
 # -- parsing -------------------------------------------------------------------
