@@ -45,8 +45,8 @@ class Outcome:
     skipped: str = ""
 
 
-def kernel_facts(vm: VM, kernel: Kernel) -> KernelFacts:
-    """The facts scenario conditions test, read from the guest and the kernel."""
+def kernel_facts(vm: VM, kernel: Kernel, agent: str | None = None) -> KernelFacts:
+    """The facts scenario conditions test: the guest's, the kernel's, the mode's."""
     lsm = vm.run(["cat", "/sys/kernel/security/lsm"]).text.strip()
     config: dict[str, str] = {}
     if kernel.config is not None:
@@ -61,6 +61,7 @@ def kernel_facts(vm: VM, kernel: Kernel) -> KernelFacts:
         version=upstream,
         lsms=frozenset(filter(None, lsm.split(","))),
         config=config or None,
+        agent=agent,
     )
 
 

@@ -35,7 +35,9 @@ CASE_KEYS = (
     "ordered",
     "timeout",
 )
-FACT_KEYS = ("kernel", "arch", "version", "lsm", "config")
+FACT_KEYS = ("kernel", "arch", "version", "lsm", "config", "agent")
+# How a case runs: with Tetragon (`--tetragon`), or as a firing check without it.
+AGENT_MODES = ("tetragon", "none")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 DEFAULT_TIMEOUT = 30.0
 POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
@@ -85,7 +87,8 @@ class KernelFacts:
 
     `version` is the upstream version (`6.1.176`; a Debian package version
     such as `6.1.176-1` also works). The runner fills lsms and config from
-    the kernel inventory.
+    the guest and the kernel's config, and `agent` from the run's mode (one
+    of AGENT_MODES).
     """
 
     kernel: str
@@ -93,6 +96,7 @@ class KernelFacts:
     version: str = ""
     lsms: frozenset[str] | None = None
     config: Mapping[str, str] | None = None
+    agent: str | None = None
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -111,6 +115,7 @@ class Facts:
     max_version: tuple[int, ...] = ()
     lsms: tuple[str, ...] = ()
     configs: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
 
     def holds(self, facts: KernelFacts) -> bool | None:
         """True, False, or None when it depends on a fact that is unknown."""
@@ -128,6 +133,11 @@ class Facts:
             if self.max_version and version[: len(self.max_version)] > self.max_version:
                 return False
         unknown = False
+        if self.agents:
+            if facts.agent is None:
+                unknown = True
+            elif facts.agent not in self.agents:
+                return False
         if self.lsms:
             if facts.lsms is None:
                 unknown = True
@@ -242,6 +252,11 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
     for option in configs:
         if not option.startswith("CONFIG_"):
             problems.add(f"{key}.config", f"{option!r}: write CONFIG_{option}")
+    agents = _strings(value.get("agent", []), f"{key}.agent", problems)
+    for agent in agents:
+        if agent not in AGENT_MODES:
+            known = ", ".join(AGENT_MODES)
+            problems.add(f"{key}.agent", f"{agent!r} is not an agent mode ({known})")
     low, high = (
         _version_range(value["version"], f"{key}.version", problems)
         if "version" in value
@@ -254,6 +269,7 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
         max_version=high,
         lsms=_strings(value.get("lsm", []), f"{key}.lsm", problems),
         configs=configs,
+        agents=agents,
     )
 
 
