@@ -9,6 +9,7 @@ user or new namespaces start a fresh shell, which has no helper functions).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -162,33 +163,58 @@ class Unlink:
 
 @dataclass(frozen=True)
 class Connect:
-    """Connect over loopback, TCP to a listener started here, or UDP.
+    """Connect over loopback, TCP to a listener started here (or none), or UDP.
 
     TCP: busybox nc listens (dual-stack, on `::`), the step waits until the
     port is in LISTEN state in /proc/net/tcp{,6}, then nc connects and sends
-    `data`. UDP: this busybox's nc has no UDP mode and no applet can listen on
-    UDP, so nslookup does connect(2) and write(2) of one DNS query to the port;
-    nothing answers, so the step's exit status is not checked by default.
+    `data`; without `listen`, the connect is refused. UDP: this busybox's nc
+    has no UDP mode and no applet can listen on UDP, so nslookup does
+    connect(2) and write(2) of one DNS query to the port; nothing answers, so
+    the step's exit status is not checked by default. An `address` that is not
+    loopback is added to `lo` first (the step runs in a new net namespace).
     """
 
     protocol: Literal["tcp", "udp"] = "tcp"
     family: Literal["ipv4", "ipv6"] = "ipv4"
     port: int = DEFAULT_PORT
     data: str = "harness\n"
+    # The destination; None is the family's loopback address.
+    to: str | None = None
+    listen: bool = True
 
     @property
     def address(self) -> str:
-        """The loopback address of the family."""
-        return FAMILIES[self.family]
+        """The destination address."""
+        return self.to or FAMILIES[self.family]
+
+    @property
+    def local(self) -> bool:
+        """Whether the address is loopback, there without adding it to `lo`."""
+        return ipaddress.ip_address(self.address).is_loopback
 
     def render(self) -> str:
-        """A subshell whose exit status is the client's."""
-        if self.protocol == "udp":
-            host = f"[{self.address}]" if self.family == "ipv6" else self.address
-            return (
-                f"{APPLETS}/timeout {UDP_SECONDS} {APPLETS}/nslookup -type=a "
-                f"harness.invalid {host}:{self.port}"
-            )
+        """The client (and listener) as one command: its exit status is the client's."""
+        command = self._udp() if self.protocol == "udp" else self._tcp()
+        if self.local:
+            return command
+        ip = f"{APPLETS}/ip -6" if self.family == "ipv6" else f"{APPLETS}/ip"
+        bits = 128 if self.family == "ipv6" else 32
+        return f"{ip} addr add {self.address}/{bits} dev lo && {command}"
+
+    def _udp(self) -> str:
+        host = f"[{self.address}]" if self.family == "ipv6" else self.address
+        return (
+            f"{APPLETS}/timeout {UDP_SECONDS} {APPLETS}/nslookup -type=a "
+            f"harness.invalid {host}:{self.port}"
+        )
+
+    def _tcp(self) -> str:
+        client = (
+            f"printf '%s' {shlex.quote(self.data)} | {APPLETS}/timeout "
+            f"{CLIENT_SECONDS} {APPLETS}/nc {self.address} {self.port}"
+        )
+        if not self.listen:
+            return client
         # /proc/net/tcp* columns: local address:PORT (hex), remote, state; 0A = LISTEN.
         pattern = f":{self.port:04X} [0-9A-F]*:0000 0A"
         wait = (
@@ -204,8 +230,7 @@ class Connect:
                 f"{APPLETS}/timeout {LISTENER_SECONDS} {APPLETS}/nc -l -p {self.port} "
                 "> /dev/null & harness_listener=$!",
                 wait,
-                f"printf '%s' {shlex.quote(self.data)} | {APPLETS}/timeout "
-                f"{CLIENT_SECONDS} {APPLETS}/nc {self.address} {self.port}",
+                client,
                 "harness_rc=$?",
                 "wait $harness_listener",
                 "exit $harness_rc",
@@ -214,8 +239,11 @@ class Connect:
         )
 
     def describe(self) -> str:
-        """`connect tcp ipv4 127.0.0.1:8080`."""
-        return f"connect {self.protocol} {self.family} {self.address} port {self.port}"
+        """`connect tcp ipv4 127.0.0.1 port 8080`, `(no listener)` without one."""
+        text = f"connect {self.protocol} {self.family} {self.address} port {self.port}"
+        return (
+            text if self.listen or self.protocol == "udp" else f"{text} (no listener)"
+        )
 
 
 StepAction = Run | Exec | ReadFile | WriteFile | OpenFile | Unlink | Connect
@@ -359,13 +387,32 @@ def _open(value: Any, key: str, problems: Problems) -> OpenFile:
     return OpenFile(_path(value.get("path"), f"{key}.path", problems), mode)
 
 
+def _address(value: Any, key: str, problems: Problems) -> str | None:
+    try:
+        ipaddress.ip_address(value if isinstance(value, str) else "")
+    except ValueError:
+        problems.add(key, f"{value!r} is not an IPv4 or IPv6 address (quote it)")
+        return None
+    return str(value)
+
+
 def _connect(value: Any, key: str, problems: Problems) -> Connect:
     if not isinstance(value, Mapping):
         problems.add(key, "must be a mapping: {protocol: tcp, family: ipv4, port: N}")
         return Connect()
-    problems.unknown_keys(value, key, ("protocol", "family", "port", "data"))
+    allowed = ("protocol", "family", "port", "data", "address", "listen")
+    problems.unknown_keys(value, key, allowed)
     protocol = value.get("protocol", "tcp")
-    family = value.get("family", "ipv4")
+    to = (
+        _address(value["address"], f"{key}.address", problems)
+        if "address" in value
+        else None
+    )
+    # The family follows from an address given without one.
+    implied = None if to is None else f"ipv{ipaddress.ip_address(to).version}"
+    family = value.get("family", implied or "ipv4")
+    if implied and family != implied:
+        problems.add(f"{key}.family", f"{family!r} does not match address {to}")
     port = value.get("port", DEFAULT_PORT)
     if protocol not in PROTOCOLS:
         problems.add(f"{key}.protocol", f"must be one of {', '.join(PROTOCOLS)}")
@@ -378,8 +425,13 @@ def _connect(value: Any, key: str, problems: Problems) -> Connect:
         port = DEFAULT_PORT
     if protocol == "udp" and "data" in value:
         problems.add(f"{key}.data", "udp steps send a DNS query; data is tcp only")
+    if protocol == "udp" and "listen" in value:
+        problems.add(f"{key}.listen", "nothing can listen on udp in the guest")
+    listen = value.get("listen", True)
+    if not isinstance(listen, bool):
+        problems.add(f"{key}.listen", "must be true or false")
     data = _text(value.get("data", "harness\n"), f"{key}.data", problems)
-    return Connect(protocol, family, port, data)
+    return Connect(protocol, family, port, data, to, bool(listen))
 
 
 def _action(name: str, value: Any, key: str, problems: Problems) -> StepAction:
@@ -431,6 +483,12 @@ def parse_step(raw: Any, key: str, problems: Problems) -> Step | None:
     namespaces = _namespaces(raw.get("namespaces", []), f"{key}.namespaces", problems)
     if user not in (None, "root") and "user" in namespaces:
         problems.add(key, "`user:` cannot be combined with a new user namespace")
+    if isinstance(action, Connect) and not action.local and "net" not in namespaces:
+        problems.add(
+            f"{key}.namespaces",
+            f"connecting to {action.address} adds it to `lo`: give "
+            "`namespaces: [net]`, so the guest's own network stays as it is",
+        )
     udp = isinstance(action, Connect) and action.protocol == "udp"
     code = raw.get("exit", None if udp else 0)
     if code == "any":

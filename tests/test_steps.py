@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 
-from harness.steps import Run, Step, failed_step, render_script
+from harness.expectations import Problems
+from harness.steps import (
+    Connect,
+    Run,
+    Step,
+    failed_step,
+    parse_step,
+    render_script,
+)
 
 
 def run_script(steps: list[Step]) -> subprocess.CompletedProcess[str]:
@@ -27,3 +37,89 @@ def test_the_step_that_broke_is_found_in_the_output() -> None:
         == "step 2 (run sh -c 'exit 3') exited 3, expected 4"
     )
     assert failed_step("harness: no listener on tcp port 8080\n") is None
+
+
+def parse(raw: dict[str, Any]) -> tuple[Step | None, list[tuple[str, str]]]:
+    problems = Problems("s.yaml")
+    step = parse_step(raw, "steps[0]", problems)
+    return step, [(p.key, p.message) for p in problems.items]
+
+
+def syntax_ok(line: str) -> None:
+    sh = shutil.which("sh")
+    if sh is not None:
+        subprocess.run([sh, "-n", "-c", line], check=True)
+
+
+def test_a_connect_without_a_listener_is_only_the_client() -> None:
+    step, problems = parse({"connect": {"port": 12346, "listen": False}, "exit": 1})
+
+    assert problems == []
+    assert step is not None and step.exit == 1
+    assert step.render() == (
+        "printf '%s' 'harness\n' | /bin/timeout 30 /bin/nc 127.0.0.1 12346"
+    )
+    assert step.describe() == "connect tcp ipv4 127.0.0.1 port 12346 (no listener)"
+
+
+def test_a_connect_to_another_address_adds_it_to_lo_in_a_new_net_namespace() -> None:
+    step, problems = parse(
+        {
+            "connect": {"address": "fd00::10", "port": 8081, "listen": False},
+            "namespaces": ["net"],
+            "exit": 1,
+        }
+    )
+
+    assert problems == []
+    assert step is not None
+    assert isinstance(step.action, Connect) and step.action.family == "ipv6"
+    inner = (
+        "/bin/ip link set lo up && /bin/ip -6 addr add fd00::10/128 dev lo && "
+        "printf '%s' 'harness\n' | /bin/timeout 30 /bin/nc fd00::10 8081"
+    )
+    assert step.render() == f"/bin/unshare --net /bin/sh -c {shlex.quote(inner)}"
+    syntax_ok(step.render())
+    listening = Connect(port=8080, to="10.10.0.1").render()
+    assert listening.startswith("/bin/ip addr add 10.10.0.1/32 dev lo && (\n")
+    assert "/bin/nc -l -p 8080" in listening
+    syntax_ok(listening)
+    udp = Connect("udp", "ipv4", 8053, to="10.10.0.3").render()
+    assert udp == (
+        "/bin/ip addr add 10.10.0.3/32 dev lo && /bin/timeout 3 /bin/nslookup "
+        "-type=a harness.invalid 10.10.0.3:8053"
+    )
+
+
+def test_loopback_addresses_need_no_namespace() -> None:
+    step, problems = parse({"connect": {"address": "127.0.0.2", "listen": False}})
+
+    assert problems == []
+    assert step is not None
+    assert step.render().endswith("/bin/nc 127.0.0.2 8080")
+
+
+def test_connect_option_problems() -> None:
+    _, problems = parse(
+        {"connect": {"address": "10.10.0.1", "family": "ipv6", "listen": "no"}}
+    )
+    assert problems == [
+        ("steps[0].connect.family", "'ipv6' does not match address 10.10.0.1"),
+        ("steps[0].connect.listen", "must be true or false"),
+        (
+            "steps[0].namespaces",
+            "connecting to 10.10.0.1 adds it to `lo`: give `namespaces: [net]`, "
+            "so the guest's own network stays as it is",
+        ),
+    ]
+    _, problems = parse({"connect": {"protocol": "udp", "address": "localhost"}})
+    assert problems == [
+        (
+            "steps[0].connect.address",
+            "'localhost' is not an IPv4 or IPv6 address (quote it)",
+        )
+    ]
+    _, problems = parse({"connect": {"protocol": "udp", "listen": False}})
+    assert problems == [
+        ("steps[0].connect.listen", "nothing can listen on udp in the guest")
+    ]
