@@ -20,7 +20,7 @@ from harness.expectations import Problems
 from harness.initramfs import ETC
 
 APPLETS = "/bin"
-ACTIONS = ("run", "exec", "read", "write", "open", "unlink", "connect")
+ACTIONS = ("run", "exec", "read", "write", "open", "unlink", "connect", "ptrace")
 MODIFIERS = ("user", "namespaces", "exit")
 # unshare flags per namespace; a new pid namespace needs a fork to enter it and
 # its own /proc to show it.
@@ -33,6 +33,11 @@ NAMESPACES = {
     "user": ("--user", "--map-root-user"),
 }
 OPEN_MODES = ("read", "write", "append")
+# The /proc file whose open checks each ptrace access mode against its process:
+# mem with PTRACE_MODE_ATTACH, environ with PTRACE_MODE_READ (both FSCREDS).
+PTRACE_FILES = {"attach": "mem", "read": "environ"}
+# A safety net only: the step kills the process it started as its target.
+TARGET_SECONDS = 60
 PROTOCOLS = ("tcp", "udp")
 FAMILIES = {"ipv4": "127.0.0.1", "ipv6": "::1"}
 DEFAULT_PORT = 8080
@@ -246,7 +251,47 @@ class Connect:
         )
 
 
-StepAction = Run | Exec | ReadFile | WriteFile | OpenFile | Unlink | Connect
+@dataclass(frozen=True)
+class Ptrace:
+    """A ptrace access check against another process, through /proc.
+
+    busybox has no applet that calls ptrace(2) and the guest has no other
+    binary, so no PTRACE_ATTACH is made: opening /proc/PID/mem (or environ)
+    goes through the same access check, security_ptrace_access_check, with
+    PTRACE_MODE_ATTACH (or _READ) and FSCREDS. The target is a child the step
+    starts (and kills), or a pid.
+    """
+
+    mode: Literal["attach", "read"] = "attach"
+    target: int | None = None
+
+    def render(self) -> str:
+        """dd opens the /proc file of the target, reading nothing."""
+        pid = "$harness_target" if self.target is None else str(self.target)
+        file = f"/proc/{pid}/{PTRACE_FILES[self.mode]}"
+        open_it = f"{APPLETS}/dd if={file} of=/dev/null count=0 status=none"
+        if self.target is not None:
+            return open_it
+        return "\n".join(
+            [
+                "(",
+                f"{APPLETS}/sleep {TARGET_SECONDS} & harness_target=$!",
+                open_it,
+                "harness_rc=$?",
+                "kill $harness_target; wait $harness_target",
+                "exit $harness_rc",
+                ")",
+            ]
+        )
+
+    def describe(self) -> str:
+        """`ptrace attach access to a child (open /proc/PID/mem)`."""
+        target = "a child" if self.target is None else f"pid {self.target}"
+        name = PTRACE_FILES[self.mode]
+        return f"ptrace {self.mode} access to {target} (open /proc/PID/{name})"
+
+
+StepAction = Run | Exec | ReadFile | WriteFile | OpenFile | Unlink | Connect | Ptrace
 
 
 @dataclass(frozen=True)
@@ -434,6 +479,26 @@ def _connect(value: Any, key: str, problems: Problems) -> Connect:
     return Connect(protocol, family, port, data, to, bool(listen))
 
 
+def _ptrace(value: Any, key: str, problems: Problems) -> Ptrace:
+    if isinstance(value, str):
+        value = {"mode": value}
+    if not isinstance(value, Mapping):
+        problems.add(key, "must be a mode (attach, read) or {mode: ..., target: ...}")
+        return Ptrace()
+    problems.unknown_keys(value, key, ("mode", "target"))
+    mode = value.get("mode", "attach")
+    if mode not in PTRACE_FILES:
+        problems.add(f"{key}.mode", f"must be one of {', '.join(PTRACE_FILES)}")
+        mode = "attach"
+    target = value.get("target", "child")
+    if target == "child":
+        return Ptrace(mode)
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        problems.add(f"{key}.target", "must be `child` or a pid, e.g. 1")
+        return Ptrace(mode)
+    return Ptrace(mode, target)
+
+
 def _action(name: str, value: Any, key: str, problems: Problems) -> StepAction:
     if name == "run":
         return Run(_text(value, key, problems))
@@ -445,6 +510,8 @@ def _action(name: str, value: Any, key: str, problems: Problems) -> StepAction:
         return _open(value, key, problems)
     if name == "connect":
         return _connect(value, key, problems)
+    if name == "ptrace":
+        return _ptrace(value, key, problems)
     path = _path(value, key, problems)
     return ReadFile(path) if name == "read" else Unlink(path)
 

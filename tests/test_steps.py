@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from harness.expectations import Problems
 from harness.steps import (
     Connect,
+    Ptrace,
     Run,
     Step,
     failed_step,
@@ -123,3 +125,53 @@ def test_connect_option_problems() -> None:
     assert problems == [
         ("steps[0].connect.listen", "nothing can listen on udp in the guest")
     ]
+
+
+def test_a_ptrace_step_opens_a_childs_proc_file_and_kills_the_child() -> None:
+    step, problems = parse({"ptrace": {"mode": "attach"}, "user": "harness"})
+
+    assert problems == []
+    assert step is not None and step.action == Ptrace("attach")
+    text = step.action.render()
+    assert text.splitlines() == [
+        "(",
+        "/bin/sleep 60 & harness_target=$!",
+        "/bin/dd if=/proc/$harness_target/mem of=/dev/null count=0 status=none",
+        "harness_rc=$?",
+        "kill $harness_target; wait $harness_target",
+        "exit $harness_rc",
+        ")",
+    ]
+    assert step.describe() == (
+        "ptrace attach access to a child (open /proc/PID/mem) as harness"
+    )
+    syntax_ok(step.render())
+
+
+def test_a_ptrace_step_can_check_read_access_to_a_pid() -> None:
+    step, problems = parse({"ptrace": {"mode": "read", "target": 1}})
+
+    assert problems == []
+    assert step is not None
+    assert step.render() == (
+        "/bin/dd if=/proc/1/environ of=/dev/null count=0 status=none"
+    )
+    short, _ = parse({"ptrace": "read"})
+    assert short is not None and short.action == Ptrace("read")
+
+
+def test_ptrace_step_problems() -> None:
+    _, problems = parse({"ptrace": {"mode": "seize", "target": "init"}})
+
+    assert problems == [
+        ("steps[0].ptrace.mode", "must be one of attach, read"),
+        ("steps[0].ptrace.target", "must be `child` or a pid, e.g. 1"),
+    ]
+
+
+def test_a_ptrace_step_runs_against_a_real_child() -> None:
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("no /proc on this host")
+    done = run_script([Step(Ptrace("attach")), Step(Ptrace("read"))])
+
+    assert done.returncode == 0, done.stderr
