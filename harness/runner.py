@@ -17,7 +17,7 @@ from pathlib import Path
 
 from debian.debian_support import Version
 
-from harness import firing
+from harness import firing, initramfs
 from harness import policy as policy_mod
 from harness.agent import Tetragon
 from harness.arches import get_arch
@@ -31,6 +31,8 @@ from harness.steps import failed_step
 from harness.vm import VM
 
 MARK = "HARNESS-WORKLOAD"
+# Where a scenario's `modules:` land in the guest, as NAME.ko, not loaded.
+EXTRA_MODULES = "/lib/modules/extra"
 
 
 @dataclass
@@ -63,6 +65,30 @@ def kernel_facts(vm: VM, kernel: Kernel, agent: str | None = None) -> KernelFact
         config=config or None,
         agent=agent,
     )
+
+
+def install_modules(vm: VM, names: Sequence[str]) -> float:
+    """Copy modules of the guest's kernel (and their dependencies) to EXTRA_MODULES.
+
+    They are copied over the control channel when a case runs, so the guest
+    image, cached per kernel, stays the same for every scenario.
+    """
+    started = time.monotonic()
+    kernel = vm.kernel
+    if kernel.modules is None:
+        raise GuestError(
+            f"{kernel.id}: `modules:` needs the kernel's modules, and this kernel "
+            "came without them (see kernels.yaml)"
+        )
+    builtin = initramfs.builtin_modules(kernel.modules) & set(names)
+    if builtin:
+        raise GuestError(
+            f"{kernel.id}: {', '.join(sorted(builtin))} is built into the kernel, "
+            "so there is no module file to copy; add a `skip` condition for it"
+        )
+    for name, data in initramfs.module_closure(kernel.modules, names):
+        vm.copy_in(data, f"{EXTRA_MODULES}/{name}.ko")
+    return time.monotonic() - started
 
 
 def _wrapped(case: Case) -> str:
@@ -116,6 +142,8 @@ def run_with_agent(
     timings["policy_load"], failure = load_policies(agent, scenario)
     if failure is not None:
         return Outcome("tetragon", False, failure.describe(), timings, failure)
+    if scenario.modules:
+        timings["modules"] = install_modules(agent.vm, scenario.modules)
     agent.read_new()
 
     started = time.monotonic()
@@ -188,9 +216,12 @@ def run_firing(vm: VM, scenario: Scenario, case: Case) -> Outcome:
             "firing", True, "", skipped="no expected event names a hook to probe: "
             "what it asserts needs the agent (pass --tetragon)",
         )  # fmt: skip
+    timings = {}
+    if scenario.modules:
+        timings["modules"] = install_modules(vm, scenario.modules)
     started = time.monotonic()
     report = firing.fire(vm, hooks, case.script(), timeout=case.timeout)
-    timings = {"workload": time.monotonic() - started}
+    timings["workload"] = time.monotonic() - started
     lines, ok = [], True
     for expectation, names in checkable:
         hits = [f for f in report.firings if set(f.targets) & set(names)]

@@ -25,7 +25,14 @@ from harness.loaderrors import LoadErrorKind
 from harness.matching import Expectation
 from harness.steps import Step, parse_steps, render_script
 
-SCENARIO_KEYS = ("description", "policies", "conditions", "cases", "expect_load_error")
+SCENARIO_KEYS = (
+    "description",
+    "policies",
+    "conditions",
+    "cases",
+    "expect_load_error",
+    "modules",
+)
 CASE_KEYS = (
     "description",
     "conditions",
@@ -39,6 +46,7 @@ FACT_KEYS = ("kernel", "arch", "version", "lsm", "config", "agent")
 # How a case runs: with Tetragon (`--tetragon`), or as a firing check without it.
 AGENT_MODES = ("tetragon", "none")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_TIMEOUT = 30.0
 POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 SYSCALL_PREFIXES = tuple(a.syscall_prefix for a in ARCHES.values())
@@ -393,6 +401,8 @@ class Scenario:
     cases: tuple[Case, ...]
     conditions: tuple[Condition, ...] = ()
     expect_load_error: LoadErrorKind | None = None
+    # Kernel modules copied into the guest (not loaded) before each case.
+    modules: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -498,6 +508,17 @@ def _policies(
     return tuple(found)
 
 
+def _modules(value: Any, problems: Problems) -> tuple[str, ...]:
+    names = value if isinstance(value, list) else [value]
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):
+            problems.add(
+                f"modules[{index}]", f"{name!r} is not a module name, e.g. dummy"
+            )
+    # modules.dep and the guest's files spell names with underscores.
+    return tuple(n.replace("-", "_") for n in names if isinstance(n, str))
+
+
 def parse_scenario(
     path: Path, data: Any, problems: Problems, policies_dir: Path
 ) -> Scenario | None:
@@ -532,6 +553,7 @@ def parse_scenario(
         cases=tuple(c for c in cases if c is not None),
         conditions=parse_conditions(data.get("conditions", []), "conditions", problems),
         expect_load_error=expected,
+        modules=_modules(data.get("modules", []), problems),
     )
 
 
