@@ -103,7 +103,8 @@ class ScenarioItem(pytest.Item):
         self.user_properties.append(("policy_sha256", digest.hexdigest()))
         if self.case is None:
             return
-        facts = kernel_facts(slot.vm, slot.vm.kernel)
+        mode = "none" if agent_source_of(self.config) is None else "tetragon"
+        facts = kernel_facts(slot.vm, slot.vm.kernel, mode)
         verdict = self.scenario.verdict(self.case, facts)
         if verdict.action == "skip":
             pytest.skip(verdict.reason)

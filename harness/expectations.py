@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from harness.errors import ConfigError, Problem
@@ -68,7 +68,9 @@ STRUCT_ALIASES = {
     "module": "module_arg",
     "net_dev": "net_dev_arg",
 }
-ARG_STR = ("string", "path", "permission", "bytes")
+ARG_STR = ("string", "path", "permission", "bytes", "hex")
+# A hex test's operands: whole bytes, two digits each, spaces anywhere.
+HEX_OPERAND = re.compile(r"(?:[0-9a-f]{2})*")
 ARG_KEYS = frozenset({"kind", "int", "fields", *ARG_STR, *STRUCT_ALIASES})
 SYSCALL_NAME = re.compile(r"[a-z0-9_]+")
 
@@ -173,6 +175,30 @@ def parse_field(value: Any, key: str, problems: Problems) -> FieldMatch | None:
     return parse_str(value, key, problems)
 
 
+def parse_hex(value: Any, key: str, problems: Problems) -> StrMatch | None:
+    """A string test on a buffer's bytes in hex: `7f454c46`, `{prefix: "02 00"}`.
+
+    Operands are normalised to the form they are matched against, lower-case
+    pairs joined by spaces (`7f 45 4c 46`); a regex is used as it is written.
+    """
+    matcher = parse_str(value, key, problems)
+    if matcher is None:
+        return None
+    ops: dict[str, str] = {}
+    for op in ("full", "prefix", "suffix", "contains"):
+        operand = getattr(matcher, op)
+        if operand is None:
+            continue
+        digits = "".join(operand.split()).lower()
+        where = key if isinstance(value, str) else f"{key}.{op}"
+        if not HEX_OPERAND.fullmatch(digits):
+            problems.add(
+                where, f"{operand!r} is not hex bytes (two digits each, e.g. 7f454c46)"
+            )
+        ops[op] = " ".join(digits[i : i + 2] for i in range(0, len(digits), 2))
+    return replace(matcher, **ops)
+
+
 def _struct_fields(
     value: Any, key: str, problems: Problems
 ) -> tuple[tuple[str, FieldMatch], ...]:
@@ -227,6 +253,7 @@ def parse_arg(value: Any, key: str, problems: Problems) -> ArgMatch | None:
         path=parse_optional(value, "path", key, problems, parse_str),
         permission=parse_optional(value, "permission", key, problems, parse_str),
         bytes=parse_optional(value, "bytes", key, problems, parse_str),
+        hex=parse_optional(value, "hex", key, problems, parse_hex),
         fields=fields,
     )
 

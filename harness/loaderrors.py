@@ -58,8 +58,12 @@ RULES = (
     _rule(
         K.UNSUPPORTED,
         r"support the bpf LSM",
-        "the BPF LSM is not active (no `bpf` in /sys/kernel/security/lsm); boot "
-        "with lsm=...,bpf or add `skip: ..., unless: {lsm: bpf}` to the scenario",
+        # The agent says this too when its start-up probe could not attach an
+        # LSM program: arm64 kernels without BPF trampolines (Debian's 6.1).
+        "the agent found no usable BPF LSM: `bpf` is not in "
+        "/sys/kernel/security/lsm (boot with lsm=...,bpf), or, on arm64, "
+        "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is not set; add a condition "
+        "such as `xfail: ..., if: {agent: tetragon}, unless: {lsm: bpf}`",
     ),
     _rule(
         K.UNSUPPORTED,

@@ -157,6 +157,8 @@ class ArgMatch:
 
     `int` accepts every integer kind (int, uint, size, long), `path` every
     file-like kind, `text` a string argument's value or a file-like path.
+    `bytes` sees a byte buffer as text, `hex` as lower-case hex pairs joined
+    by spaces (`7f 45 4c 46`), so a test can only match whole bytes.
     Members of structured kinds that Tetragon leaves out read as 0 or ''.
     """
 
@@ -167,6 +169,7 @@ class ArgMatch:
     text: StrMatch | None = None
     permission: StrMatch | None = None
     bytes: StrMatch | None = None
+    hex: StrMatch | None = None
     fields: tuple[tuple[str, FieldMatch], ...] = ()
 
     def diffs(self, arg: Arg, where: str) -> list[Diff]:
@@ -182,6 +185,7 @@ class ArgMatch:
             ("text", self.text, arg.text, arg.text is not None),
             ("permission", self.permission, arg.fields.get("permission"), True),
             ("bytes", self.bytes, _as_text(arg.value), arg.kind in BYTES_KINDS),
+            ("hex", self.hex, as_hex(arg.value), arg.kind in BYTES_KINDS),
         ]
         for name, matcher, actual, kind_ok in checks:
             if matcher is None:
@@ -200,7 +204,7 @@ class ArgMatch:
     def describe(self) -> str:
         """A short rendering: `path '/etc/passwd'`, `sock {dport 8080}`, `*`."""
         parts = [f"kind {self.kind}"] if self.kind else []
-        for name in ("int", "string", "path", "text", "permission", "bytes"):
+        for name in ("int", "string", "path", "text", "permission", "bytes", "hex"):
             matcher = getattr(self, name)
             if matcher is not None:
                 label = "" if name == "text" else f"{name} "
@@ -213,6 +217,11 @@ class ArgMatch:
 
 def _as_text(value: object) -> str | None:
     return value.decode(errors="backslashreplace") if isinstance(value, bytes) else None
+
+
+def as_hex(value: object) -> str | None:
+    """A byte buffer as `hex` tests see it: `7f 45 4c 46`; None for other values."""
+    return value.hex(" ") if isinstance(value, bytes) else None
 
 
 ListMode = Literal["ordered", "unordered", "subset"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from debian.debian_support import Version
 
-from harness import firing
+from harness import firing, initramfs
 from harness import policy as policy_mod
 from harness.agent import Tetragon
 from harness.arches import get_arch
@@ -27,9 +27,12 @@ from harness.kernels import Kernel
 from harness.loaderrors import LoadFailure, PolicyLoadError
 from harness.matching import Expectation, check
 from harness.scenarios import Case, KernelFacts, Scenario
+from harness.steps import failed_step
 from harness.vm import VM
 
 MARK = "HARNESS-WORKLOAD"
+# Where a scenario's `modules:` land in the guest, as NAME.ko, not loaded.
+EXTRA_MODULES = "/lib/modules/extra"
 
 
 @dataclass
@@ -44,8 +47,8 @@ class Outcome:
     skipped: str = ""
 
 
-def kernel_facts(vm: VM, kernel: Kernel) -> KernelFacts:
-    """The facts scenario conditions test, read from the guest and the kernel."""
+def kernel_facts(vm: VM, kernel: Kernel, agent: str | None = None) -> KernelFacts:
+    """The facts scenario conditions test: the guest's, the kernel's, the mode's."""
     lsm = vm.run(["cat", "/sys/kernel/security/lsm"]).text.strip()
     config: dict[str, str] = {}
     if kernel.config is not None:
@@ -60,7 +63,32 @@ def kernel_facts(vm: VM, kernel: Kernel) -> KernelFacts:
         version=upstream,
         lsms=frozenset(filter(None, lsm.split(","))),
         config=config or None,
+        agent=agent,
     )
+
+
+def install_modules(vm: VM, names: Sequence[str]) -> float:
+    """Copy modules of the guest's kernel (and their dependencies) to EXTRA_MODULES.
+
+    They are copied over the control channel when a case runs, so the guest
+    image, cached per kernel, stays the same for every scenario.
+    """
+    started = time.monotonic()
+    kernel = vm.kernel
+    if kernel.modules is None:
+        raise GuestError(
+            f"{kernel.id}: `modules:` needs the kernel's modules, and this kernel "
+            "came without them (see kernels.yaml)"
+        )
+    builtin = initramfs.builtin_modules(kernel.modules) & set(names)
+    if builtin:
+        raise GuestError(
+            f"{kernel.id}: {', '.join(sorted(builtin))} is built into the kernel, "
+            "so there is no module file to copy; add a `skip` condition for it"
+        )
+    for name, data in initramfs.module_closure(kernel.modules, names):
+        vm.copy_in(data, f"{EXTRA_MODULES}/{name}.ko")
+    return time.monotonic() - started
 
 
 def _wrapped(case: Case) -> str:
@@ -114,6 +142,8 @@ def run_with_agent(
     timings["policy_load"], failure = load_policies(agent, scenario)
     if failure is not None:
         return Outcome("tetragon", False, failure.describe(), timings, failure)
+    if scenario.modules:
+        timings["modules"] = install_modules(agent.vm, scenario.modules)
     agent.read_new()
 
     started = time.monotonic()
@@ -132,8 +162,16 @@ def run_with_agent(
     _save(artefacts, events, mine, result.text + result.stderr.decode(errors="replace"))
     report = matched.render()
     if result.status != 0:
-        report = f"the workload exited {result.status}:\n{result.text}\n{report}"
+        output = result.text + result.stderr.decode(errors="replace")
+        report = f"{workload_failure(result.status, output)}\n{report}"
     return Outcome("tetragon", matched.ok and result.status == 0, report, timings)
+
+
+def workload_failure(status: int, output: str) -> str:
+    """Why a workload's exit status fails its case, naming the step that broke."""
+    step = failed_step(output)
+    head = step if step else f"the workload exited {status}"
+    return f"{head}; its output:\n{output.strip()[-2000:]}"
 
 
 def _save(
@@ -178,9 +216,12 @@ def run_firing(vm: VM, scenario: Scenario, case: Case) -> Outcome:
             "firing", True, "", skipped="no expected event names a hook to probe: "
             "what it asserts needs the agent (pass --tetragon)",
         )  # fmt: skip
+    timings = {}
+    if scenario.modules:
+        timings["modules"] = install_modules(vm, scenario.modules)
     started = time.monotonic()
     report = firing.fire(vm, hooks, case.script(), timeout=case.timeout)
-    timings = {"workload": time.monotonic() - started}
+    timings["workload"] = time.monotonic() - started
     lines, ok = [], True
     for expectation, names in checkable:
         hits = [f for f in report.firings if set(f.targets) & set(names)]
@@ -195,4 +236,11 @@ def run_firing(vm: VM, scenario: Scenario, case: Case) -> Outcome:
             or "no probe set"
         )
         lines.append(f"{'fired ' if fired else 'SILENT'} {expectation.name}: {state}")
+    if report.workload_status != 0:
+        # The steps' `exit:` hold in firing mode too: a workload that broke
+        # early may have fired the hook without doing what the case says.
+        ok = False
+        lines.insert(
+            0, workload_failure(report.workload_status, report.workload_output)
+        )
     return Outcome("firing", ok, "\n".join(lines), timings)

@@ -25,7 +25,14 @@ from harness.loaderrors import LoadErrorKind
 from harness.matching import Expectation
 from harness.steps import Step, parse_steps, render_script
 
-SCENARIO_KEYS = ("description", "policies", "conditions", "cases", "expect_load_error")
+SCENARIO_KEYS = (
+    "description",
+    "policies",
+    "conditions",
+    "cases",
+    "expect_load_error",
+    "modules",
+)
 CASE_KEYS = (
     "description",
     "conditions",
@@ -35,8 +42,11 @@ CASE_KEYS = (
     "ordered",
     "timeout",
 )
-FACT_KEYS = ("kernel", "arch", "version", "lsm", "config")
+FACT_KEYS = ("kernel", "arch", "version", "lsm", "config", "agent")
+# How a case runs: with Tetragon (`--tetragon`), or as a firing check without it.
+AGENT_MODES = ("tetragon", "none")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_TIMEOUT = 30.0
 POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 SYSCALL_PREFIXES = tuple(a.syscall_prefix for a in ARCHES.values())
@@ -85,7 +95,8 @@ class KernelFacts:
 
     `version` is the upstream version (`6.1.176`; a Debian package version
     such as `6.1.176-1` also works). The runner fills lsms and config from
-    the kernel inventory.
+    the guest and the kernel's config, and `agent` from the run's mode (one
+    of AGENT_MODES).
     """
 
     kernel: str
@@ -93,6 +104,7 @@ class KernelFacts:
     version: str = ""
     lsms: frozenset[str] | None = None
     config: Mapping[str, str] | None = None
+    agent: str | None = None
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -111,6 +123,7 @@ class Facts:
     max_version: tuple[int, ...] = ()
     lsms: tuple[str, ...] = ()
     configs: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
 
     def holds(self, facts: KernelFacts) -> bool | None:
         """True, False, or None when it depends on a fact that is unknown."""
@@ -128,6 +141,11 @@ class Facts:
             if self.max_version and version[: len(self.max_version)] > self.max_version:
                 return False
         unknown = False
+        if self.agents:
+            if facts.agent is None:
+                unknown = True
+            elif facts.agent not in self.agents:
+                return False
         if self.lsms:
             if facts.lsms is None:
                 unknown = True
@@ -242,6 +260,11 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
     for option in configs:
         if not option.startswith("CONFIG_"):
             problems.add(f"{key}.config", f"{option!r}: write CONFIG_{option}")
+    agents = _strings(value.get("agent", []), f"{key}.agent", problems)
+    for agent in agents:
+        if agent not in AGENT_MODES:
+            known = ", ".join(AGENT_MODES)
+            problems.add(f"{key}.agent", f"{agent!r} is not an agent mode ({known})")
     low, high = (
         _version_range(value["version"], f"{key}.version", problems)
         if "version" in value
@@ -254,6 +277,7 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
         max_version=high,
         lsms=_strings(value.get("lsm", []), f"{key}.lsm", problems),
         configs=configs,
+        agents=agents,
     )
 
 
@@ -377,6 +401,8 @@ class Scenario:
     cases: tuple[Case, ...]
     conditions: tuple[Condition, ...] = ()
     expect_load_error: LoadErrorKind | None = None
+    # Kernel modules copied into the guest (not loaded) before each case.
+    modules: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -482,6 +508,17 @@ def _policies(
     return tuple(found)
 
 
+def _modules(value: Any, problems: Problems) -> tuple[str, ...]:
+    names = value if isinstance(value, list) else [value]
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):
+            problems.add(
+                f"modules[{index}]", f"{name!r} is not a module name, e.g. dummy"
+            )
+    # modules.dep and the guest's files spell names with underscores.
+    return tuple(n.replace("-", "_") for n in names if isinstance(n, str))
+
+
 def parse_scenario(
     path: Path, data: Any, problems: Problems, policies_dir: Path
 ) -> Scenario | None:
@@ -516,6 +553,7 @@ def parse_scenario(
         cases=tuple(c for c in cases if c is not None),
         conditions=parse_conditions(data.get("conditions", []), "conditions", problems),
         expect_load_error=expected,
+        modules=_modules(data.get("modules", []), problems),
     )
 
 

@@ -9,6 +9,8 @@ user or new namespaces start a fresh shell, which has no helper functions).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from harness.expectations import Problems
 from harness.initramfs import ETC
 
 APPLETS = "/bin"
-ACTIONS = ("run", "exec", "read", "write", "open", "unlink", "connect")
+ACTIONS = ("run", "exec", "read", "write", "open", "unlink", "connect", "ptrace")
 MODIFIERS = ("user", "namespaces", "exit")
 # unshare flags per namespace; a new pid namespace needs a fork to enter it and
 # its own /proc to show it.
@@ -31,6 +33,11 @@ NAMESPACES = {
     "user": ("--user", "--map-root-user"),
 }
 OPEN_MODES = ("read", "write", "append")
+# The /proc file whose open checks each ptrace access mode against its process:
+# mem with PTRACE_MODE_ATTACH, environ with PTRACE_MODE_READ (both FSCREDS).
+PTRACE_FILES = {"attach": "mem", "read": "environ"}
+# A safety net only: the step kills the process it started as its target.
+TARGET_SECONDS = 60
 PROTOCOLS = ("tcp", "udp")
 FAMILIES = {"ipv4": "127.0.0.1", "ipv6": "::1"}
 DEFAULT_PORT = 8080
@@ -44,6 +51,8 @@ UDP_SECONDS = 3
 LISTEN_POLLS = 3000
 LISTENER_MISSING = 98
 STEP_FAILED = 97
+# What the script prints on stderr when a step ends with the wrong status.
+FAILED_STEP = re.compile(r"^harness: (step \d+ \(.*\) exited \d+, expected \S+)$", re.M)
 
 
 def _guest_users() -> dict[str, int]:
@@ -159,33 +168,58 @@ class Unlink:
 
 @dataclass(frozen=True)
 class Connect:
-    """Connect over loopback, TCP to a listener started here, or UDP.
+    """Connect over loopback, TCP to a listener started here (or none), or UDP.
 
     TCP: busybox nc listens (dual-stack, on `::`), the step waits until the
     port is in LISTEN state in /proc/net/tcp{,6}, then nc connects and sends
-    `data`. UDP: this busybox's nc has no UDP mode and no applet can listen on
-    UDP, so nslookup does connect(2) and write(2) of one DNS query to the port;
-    nothing answers, so the step's exit status is not checked by default.
+    `data`; without `listen`, the connect is refused. UDP: this busybox's nc
+    has no UDP mode and no applet can listen on UDP, so nslookup does
+    connect(2) and write(2) of one DNS query to the port; nothing answers, so
+    the step's exit status is not checked by default. An `address` that is not
+    loopback is added to `lo` first (the step runs in a new net namespace).
     """
 
     protocol: Literal["tcp", "udp"] = "tcp"
     family: Literal["ipv4", "ipv6"] = "ipv4"
     port: int = DEFAULT_PORT
     data: str = "harness\n"
+    # The destination; None is the family's loopback address.
+    to: str | None = None
+    listen: bool = True
 
     @property
     def address(self) -> str:
-        """The loopback address of the family."""
-        return FAMILIES[self.family]
+        """The destination address."""
+        return self.to or FAMILIES[self.family]
+
+    @property
+    def local(self) -> bool:
+        """Whether the address is loopback, there without adding it to `lo`."""
+        return ipaddress.ip_address(self.address).is_loopback
 
     def render(self) -> str:
-        """A subshell whose exit status is the client's."""
-        if self.protocol == "udp":
-            host = f"[{self.address}]" if self.family == "ipv6" else self.address
-            return (
-                f"{APPLETS}/timeout {UDP_SECONDS} {APPLETS}/nslookup -type=a "
-                f"harness.invalid {host}:{self.port}"
-            )
+        """The client (and listener) as one command: its exit status is the client's."""
+        command = self._udp() if self.protocol == "udp" else self._tcp()
+        if self.local:
+            return command
+        ip = f"{APPLETS}/ip -6" if self.family == "ipv6" else f"{APPLETS}/ip"
+        bits = 128 if self.family == "ipv6" else 32
+        return f"{ip} addr add {self.address}/{bits} dev lo && {command}"
+
+    def _udp(self) -> str:
+        host = f"[{self.address}]" if self.family == "ipv6" else self.address
+        return (
+            f"{APPLETS}/timeout {UDP_SECONDS} {APPLETS}/nslookup -type=a "
+            f"harness.invalid {host}:{self.port}"
+        )
+
+    def _tcp(self) -> str:
+        client = (
+            f"printf '%s' {shlex.quote(self.data)} | {APPLETS}/timeout "
+            f"{CLIENT_SECONDS} {APPLETS}/nc {self.address} {self.port}"
+        )
+        if not self.listen:
+            return client
         # /proc/net/tcp* columns: local address:PORT (hex), remote, state; 0A = LISTEN.
         pattern = f":{self.port:04X} [0-9A-F]*:0000 0A"
         wait = (
@@ -201,8 +235,7 @@ class Connect:
                 f"{APPLETS}/timeout {LISTENER_SECONDS} {APPLETS}/nc -l -p {self.port} "
                 "> /dev/null & harness_listener=$!",
                 wait,
-                f"printf '%s' {shlex.quote(self.data)} | {APPLETS}/timeout "
-                f"{CLIENT_SECONDS} {APPLETS}/nc {self.address} {self.port}",
+                client,
                 "harness_rc=$?",
                 "wait $harness_listener",
                 "exit $harness_rc",
@@ -211,11 +244,54 @@ class Connect:
         )
 
     def describe(self) -> str:
-        """`connect tcp ipv4 127.0.0.1:8080`."""
-        return f"connect {self.protocol} {self.family} {self.address} port {self.port}"
+        """`connect tcp ipv4 127.0.0.1 port 8080`, `(no listener)` without one."""
+        text = f"connect {self.protocol} {self.family} {self.address} port {self.port}"
+        return (
+            text if self.listen or self.protocol == "udp" else f"{text} (no listener)"
+        )
 
 
-StepAction = Run | Exec | ReadFile | WriteFile | OpenFile | Unlink | Connect
+@dataclass(frozen=True)
+class Ptrace:
+    """A ptrace access check against another process, through /proc.
+
+    busybox has no applet that calls ptrace(2) and the guest has no other
+    binary, so no PTRACE_ATTACH is made: opening /proc/PID/mem (or environ)
+    goes through the same access check, security_ptrace_access_check, with
+    PTRACE_MODE_ATTACH (or _READ) and FSCREDS. The target is a child the step
+    starts (and kills), or a pid.
+    """
+
+    mode: Literal["attach", "read"] = "attach"
+    target: int | None = None
+
+    def render(self) -> str:
+        """dd opens the /proc file of the target, reading nothing."""
+        pid = "$harness_target" if self.target is None else str(self.target)
+        file = f"/proc/{pid}/{PTRACE_FILES[self.mode]}"
+        open_it = f"{APPLETS}/dd if={file} of=/dev/null count=0 status=none"
+        if self.target is not None:
+            return open_it
+        return "\n".join(
+            [
+                "(",
+                f"{APPLETS}/sleep {TARGET_SECONDS} & harness_target=$!",
+                open_it,
+                "harness_rc=$?",
+                "kill $harness_target; wait $harness_target",
+                "exit $harness_rc",
+                ")",
+            ]
+        )
+
+    def describe(self) -> str:
+        """`ptrace attach access to a child (open /proc/PID/mem)`."""
+        target = "a child" if self.target is None else f"pid {self.target}"
+        name = PTRACE_FILES[self.mode]
+        return f"ptrace {self.mode} access to {target} (open /proc/PID/{name})"
+
+
+StepAction = Run | Exec | ReadFile | WriteFile | OpenFile | Unlink | Connect | Ptrace
 
 
 @dataclass(frozen=True)
@@ -269,8 +345,8 @@ harness_check() {{
 def render_script(steps: Sequence[Step], name: str = "") -> str:
     """A busybox sh script running `steps` in order, stopping at a wrong exit.
 
-    A failing step makes the script exit 97 with `harness: step N ...` on
-    stderr; a TCP listener that never came up makes it exit 98.
+    A step ending with another status than its `exit` makes the script exit
+    97 with `harness: step N (what) exited X, expected Y` on stderr.
     """
     lines = [f"# harness workload {name}".rstrip(), PREAMBLE.rstrip()]
     for number, step in enumerate(steps, start=1):
@@ -282,6 +358,12 @@ def render_script(steps: Sequence[Step], name: str = "") -> str:
             f"harness_check {number} $? {expected} {shlex.quote(what)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def failed_step(output: str) -> str | None:
+    """`step 2 (run false) exited 1, expected 0` from a script's output, if any."""
+    found = FAILED_STEP.search(output)
+    return found[1] if found else None
 
 
 # -- parsing -------------------------------------------------------------------
@@ -350,13 +432,32 @@ def _open(value: Any, key: str, problems: Problems) -> OpenFile:
     return OpenFile(_path(value.get("path"), f"{key}.path", problems), mode)
 
 
+def _address(value: Any, key: str, problems: Problems) -> str | None:
+    try:
+        ipaddress.ip_address(value if isinstance(value, str) else "")
+    except ValueError:
+        problems.add(key, f"{value!r} is not an IPv4 or IPv6 address (quote it)")
+        return None
+    return str(value)
+
+
 def _connect(value: Any, key: str, problems: Problems) -> Connect:
     if not isinstance(value, Mapping):
         problems.add(key, "must be a mapping: {protocol: tcp, family: ipv4, port: N}")
         return Connect()
-    problems.unknown_keys(value, key, ("protocol", "family", "port", "data"))
+    allowed = ("protocol", "family", "port", "data", "address", "listen")
+    problems.unknown_keys(value, key, allowed)
     protocol = value.get("protocol", "tcp")
-    family = value.get("family", "ipv4")
+    to = (
+        _address(value["address"], f"{key}.address", problems)
+        if "address" in value
+        else None
+    )
+    # The family follows from an address given without one.
+    implied = None if to is None else f"ipv{ipaddress.ip_address(to).version}"
+    family = value.get("family", implied or "ipv4")
+    if implied and family != implied:
+        problems.add(f"{key}.family", f"{family!r} does not match address {to}")
     port = value.get("port", DEFAULT_PORT)
     if protocol not in PROTOCOLS:
         problems.add(f"{key}.protocol", f"must be one of {', '.join(PROTOCOLS)}")
@@ -369,8 +470,33 @@ def _connect(value: Any, key: str, problems: Problems) -> Connect:
         port = DEFAULT_PORT
     if protocol == "udp" and "data" in value:
         problems.add(f"{key}.data", "udp steps send a DNS query; data is tcp only")
+    if protocol == "udp" and "listen" in value:
+        problems.add(f"{key}.listen", "nothing can listen on udp in the guest")
+    listen = value.get("listen", True)
+    if not isinstance(listen, bool):
+        problems.add(f"{key}.listen", "must be true or false")
     data = _text(value.get("data", "harness\n"), f"{key}.data", problems)
-    return Connect(protocol, family, port, data)
+    return Connect(protocol, family, port, data, to, bool(listen))
+
+
+def _ptrace(value: Any, key: str, problems: Problems) -> Ptrace:
+    if isinstance(value, str):
+        value = {"mode": value}
+    if not isinstance(value, Mapping):
+        problems.add(key, "must be a mode (attach, read) or {mode: ..., target: ...}")
+        return Ptrace()
+    problems.unknown_keys(value, key, ("mode", "target"))
+    mode = value.get("mode", "attach")
+    if mode not in PTRACE_FILES:
+        problems.add(f"{key}.mode", f"must be one of {', '.join(PTRACE_FILES)}")
+        mode = "attach"
+    target = value.get("target", "child")
+    if target == "child":
+        return Ptrace(mode)
+    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+        problems.add(f"{key}.target", "must be `child` or a pid, e.g. 1")
+        return Ptrace(mode)
+    return Ptrace(mode, target)
 
 
 def _action(name: str, value: Any, key: str, problems: Problems) -> StepAction:
@@ -384,6 +510,8 @@ def _action(name: str, value: Any, key: str, problems: Problems) -> StepAction:
         return _open(value, key, problems)
     if name == "connect":
         return _connect(value, key, problems)
+    if name == "ptrace":
+        return _ptrace(value, key, problems)
     path = _path(value, key, problems)
     return ReadFile(path) if name == "read" else Unlink(path)
 
@@ -422,6 +550,12 @@ def parse_step(raw: Any, key: str, problems: Problems) -> Step | None:
     namespaces = _namespaces(raw.get("namespaces", []), f"{key}.namespaces", problems)
     if user not in (None, "root") and "user" in namespaces:
         problems.add(key, "`user:` cannot be combined with a new user namespace")
+    if isinstance(action, Connect) and not action.local and "net" not in namespaces:
+        problems.add(
+            f"{key}.namespaces",
+            f"connecting to {action.address} adds it to `lo`: give "
+            "`namespaces: [net]`, so the guest's own network stays as it is",
+        )
     udp = isinstance(action, Connect) and action.protocol == "udp"
     code = raw.get("exit", None if udp else 0)
     if code == "any":

@@ -325,3 +325,40 @@ def test_yaml_form_rejects_what_tetragon_never_reports() -> None:
     with pytest.raises(ConfigError, match=r"only for event types kprobe"):
         expectation(type="lsm", ret=0)
     assert expectation(type="kprobe", action="post").event.action is not None
+
+
+def test_byte_buffers_match_in_hex(recorded: Path) -> None:
+    write = case(recorded, "6.1-amd64", "p05-sys-write-file")
+
+    def data(test: Any) -> Expectation:
+        return expect(type="kprobe", syscall="write", args=[3, {"hex": test}, 15])
+
+    # "corpus-write-5\n", as Tetragon's base64 bytes_arg carries it.
+    whole = "636f7270 75732d77 72697465 2d350a"
+    assert check(write, [data(whole)]).ok
+    assert check(write, [data({"prefix": "63 6F", "suffix": "35 0a"})]).ok
+    assert check(write, [data({"regex": "^63 6f( [0-9a-f]{2})+ 0a$"})]).ok
+    # A test matches whole bytes only: "f7" spans 6f and 72 and is not there.
+    (failure,) = check(write, [data({"contains": "f7"})]).failures
+    (diff,) = failure.diffs
+    assert diff.field == "args[1].hex"
+    assert diff.expected == "contains 'f7'"
+    assert diff.actual == "'63 6f 72 70 75 73 2d 77 72 69 74 65 2d 35 0a'"
+
+
+def test_hex_operands_must_be_whole_bytes() -> None:
+    problems = Problems("s.yaml")
+    raw = {"type": "kprobe", "args": [{"hex": "7f4"}, {"hex": {"prefix": "zz"}}]}
+
+    parse_expectation(raw, "expect[0]", problems)
+
+    assert [(p.key, p.message) for p in problems.items] == [
+        (
+            "expect[0].args[0].hex",
+            "'7f4' is not hex bytes (two digits each, e.g. 7f454c46)",
+        ),
+        (
+            "expect[0].args[1].hex.prefix",
+            "'zz' is not hex bytes (two digits each, e.g. 7f454c46)",
+        ),
+    ]

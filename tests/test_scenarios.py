@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -336,3 +337,71 @@ def test_a_step_with_the_wrong_exit_status_stops_the_script() -> None:
     assert "never" not in done.stdout
     lenient = [Step(Run("false"), exit=None), Step(Run("sh -c 'exit 3'"), exit=3)]
     assert subprocess.run([sh], input=render_script(lenient), text=True).returncode == 0
+
+
+def test_the_agent_mode_is_a_condition_fact(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = """\
+policies: p-open.yaml
+cases:
+  c:
+    steps: [{read: /etc/passwd}]
+    expect: [{type: kprobe}]
+    conditions:
+      - xfail: the agent refuses the policy here
+        if: {agent: tetragon, arch: arm64}
+      - skip: a firing check says nothing here
+        if: {agent: none, arch: arm64}
+"""
+    scenario = load_scenario(write(tmp_path, "scenarios/s.yaml", text))
+    case = scenario.cases[0]
+
+    def verdict(arch: str, agent: str | None) -> tuple[str, str]:
+        found = scenario.verdict(case, KernelFacts("6.1", arch, agent=agent))
+        return found.action, found.reason
+
+    assert verdict("arm64", "tetragon") == (
+        "xfail",
+        "the agent refuses the policy here",
+    )
+    assert verdict("arm64", "none") == ("skip", "a firing check says nothing here")
+    assert verdict("x86_64", "tetragon") == ("run", "")
+    action, reason = verdict("arm64", None)
+    assert action == "skip" and reason.endswith("is unknown for this kernel)")
+
+
+def test_an_unknown_agent_mode_is_a_problem(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = """\
+policies: p-open.yaml
+conditions: [{skip: not here, if: {agent: [tetragon, falco]}}]
+cases: {c: {steps: [{read: /etc/passwd}], expect: [{type: kprobe}]}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(write(tmp_path, "scenarios/s.yaml", text))
+
+    (problem,) = caught.value.problems
+    assert problem.key == "conditions[0].if.agent"
+    assert problem.message == "'falco' is not an agent mode (tetragon, none)"
+
+
+def test_the_lsm_library_case_xfails_with_the_agent_and_skips_without(
+    shared_dir: Path,
+) -> None:
+    lsm = load_scenario(ROOT / "scenarios/lsm.yaml")
+    case = lsm.cases[0]
+    config = {"CONFIG_BPF_LSM": "y"}
+    arm = KernelFacts("6.1", "arm64", "6.1.176", frozenset({"bpf"}), config)
+    old = recorded_facts(shared_dir, "5.10-amd64")
+
+    with_agent = lsm.verdict(case, replace(arm, agent="tetragon"))
+    assert with_agent.action == "xfail"
+    assert "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS" in with_agent.reason
+    assert lsm.verdict(case, replace(arm, agent="none")).action == "skip"
+    assert lsm.verdict(case, replace(old, agent="tetragon")).action == "xfail"
+    assert lsm.verdict(case, replace(old, agent="none")).action == "skip"
+    x86 = recorded_facts(shared_dir, "6.12-amd64")
+    with_trampolines = {"CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS": "y"}
+    for agent in ("tetragon", "none"):
+        facts = replace(x86, config=with_trampolines, agent=agent)
+        assert lsm.verdict(case, facts).action == "run"
