@@ -27,7 +27,9 @@ class ConfigError(HarnessError):
     """Invalid configuration; carries every problem found, not just the first."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = list(problems)
+        # The same file reached twice (one policy under two scenarios) reports
+        # the same problem twice; once is enough, in the order first seen.
+        self.problems = list(dict.fromkeys(problems))
         lines = [str(p) for p in self.problems]
         head = f"{len(lines)} problem(s) in configuration:" if len(lines) > 1 else ""
         super().__init__("\n".join([head, *lines]) if head else lines[0])

@@ -48,6 +48,14 @@ spec:
       syscall: false
 """
 
+# The smallest valid `cases:`, for tests about the rest of the file.
+ONE_CASE = """\
+cases:
+  c:
+    steps: [{read: /etc/passwd}]
+    expect: [{type: kprobe}]
+"""
+
 
 def test_the_scenario_library_loads() -> None:
     library = load_scenarios([ROOT / "scenarios"])
@@ -219,6 +227,19 @@ def test_problems_of_every_file_come_together(tmp_path: Path) -> None:
         p.file == str(dup) and "duplicate key 'policies'" in p.message
         for p in caught.value.problems
     )
+
+
+def test_a_problem_reached_twice_is_reported_once(tmp_path: Path) -> None:
+    nameless = write(tmp_path, "policies/nameless.yaml", "kind: TracingPolicy\n")
+    write(tmp_path, "scenarios/a.yaml", f"policies: [nameless.yaml]\n{ONE_CASE}")
+    write(tmp_path, "scenarios/b.yaml", f"policies: [nameless.yaml]\n{ONE_CASE}")
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenarios([tmp_path / "scenarios"])
+
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.key) == (str(nameless), "metadata.name")
+    assert str(caught.value).count("metadata.name") == 1
 
 
 def test_policies_must_load_on_every_arch(tmp_path: Path) -> None:
