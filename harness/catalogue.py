@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from harness import yamlfile
 from harness.arches import ARCHES
-from harness.errors import ConfigError, Problem
+from harness.errors import ConfigError, Problem, Problems
 
 SOURCES = {
     "debian": {"required": {"series", "suites"}, "optional": set()},
@@ -70,94 +69,68 @@ class Catalogue:
         return [self.get(n) for n in wanted]
 
 
-def _str_list(value: Any, where: str, problems: list[Problem], file: str) -> list[str]:
+def _str_list(value: Any, where: str, problems: Problems) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    problems.append(Problem(file, where, "must be a string or a list of strings"))
+    problems.add(where, "must be a string or a list of strings")
     return []
 
 
-def _entry(
-    raw: Any, index: int, file: str, base: Path, problems: list[Problem]
-) -> KernelSpec | None:
+def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec | None:
     where = f"kernels[{index}]"
     if not isinstance(raw, dict):
-        problems.append(
-            Problem(file, where, "must be a mapping with name, source, arch")
-        )
+        problems.add(where, "must be a mapping with name, source, arch")
         return None
     name = raw.get("name")
     if isinstance(name, (int, float)):
         name = str(name)
     if not isinstance(name, str) or not name:
-        problems.append(
-            Problem(file, f"{where}.name", "missing; give the entry a name")
-        )
+        problems.add(f"{where}.name", "missing; give the entry a name")
         name = f"#{index}"
     else:
         where = f"kernels.{name}"
     source = raw.get("source", "debian")
     if source not in SOURCES:
         known = ", ".join(SOURCES)
-        problems.append(
-            Problem(
-                file,
-                f"{where}.source",
-                f"{source!r} is not a known source (known: {known})",
-            )
+        problems.add(
+            f"{where}.source", f"{source!r} is not a known source (known: {known})"
         )
         return None
     allowed = COMMON | SOURCES[source]["required"] | SOURCES[source]["optional"]
     listed = ", ".join(sorted(allowed))
     for key in raw:
         if key not in allowed:
-            problems.append(
-                Problem(
-                    file,
-                    f"{where}.{key}",
-                    f"unknown key for source {source!r} (allowed: {listed})",
-                )
+            problems.add(
+                f"{where}.{key}",
+                f"unknown key for source {source!r} (allowed: {listed})",
             )
     for key in sorted(SOURCES[source]["required"] - raw.keys()):
-        problems.append(
-            Problem(file, f"{where}.{key}", f"required for source {source!r}")
-        )
-    arches = _str_list(raw.get("arch", list(ARCHES)), f"{where}.arch", problems, file)
+        problems.add(f"{where}.{key}", f"required for source {source!r}")
+    arches = _str_list(raw.get("arch", list(ARCHES)), f"{where}.arch", problems)
     for arch in arches:
         if arch not in ARCHES:
-            problems.append(
-                Problem(
-                    file,
-                    f"{where}.arch",
-                    f"{arch!r} is not a known arch (known: {', '.join(ARCHES)})",
-                )
+            problems.add(
+                f"{where}.arch",
+                f"{arch!r} is not a known arch (known: {', '.join(ARCHES)})",
             )
     if source == "local" and not ({"image", "debs"} & raw.keys()):
-        problems.append(
-            Problem(
-                file,
-                where,
-                "a local kernel needs `image:` (with `modules:`) or `debs:`",
-            )
+        problems.add(
+            where, "a local kernel needs `image:` (with `modules:`) or `debs:`"
         )
     sha = raw.get("sha256", "")
     if source == "url" and not (
         isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)
     ):
         hint = " (quote it: YAML read it as a number)" if isinstance(sha, int) else ""
-        problems.append(
-            Problem(
-                file,
-                f"{where}.sha256",
-                f"must be the 64 hex digits of the file's SHA-256{hint}",
-            )
+        problems.add(
+            f"{where}.sha256", f"must be the 64 hex digits of the file's SHA-256{hint}"
         )
     sha = str(sha)
     default = raw.get("default", False)
     if not isinstance(default, bool):
-        problems.append(Problem(file, f"{where}.default", "must be true or false"))
+        problems.add(f"{where}.default", "must be true or false")
 
     def path(key: str) -> Path | None:
         value = raw.get(key)
@@ -169,14 +142,12 @@ def _entry(
         arches=tuple(arches),
         default=bool(default),
         series=str(raw.get("series", "")),
-        suites=tuple(
-            _str_list(raw.get("suites", []), f"{where}.suites", problems, file)
-        ),
+        suites=tuple(_str_list(raw.get("suites", []), f"{where}.suites", problems)),
         image=path("image"),
         modules=path("modules"),
         debs=tuple(
             (base / d).resolve()
-            for d in _str_list(raw.get("debs", []), f"{where}.debs", problems, file)
+            for d in _str_list(raw.get("debs", []), f"{where}.debs", problems)
         ),
         url=str(raw.get("url", "")),
         sha256=sha.lower(),
@@ -186,39 +157,31 @@ def _entry(
 def load(path: Path) -> Catalogue:
     """Load and validate `kernels.yaml`; one error lists every problem found."""
     file = str(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise ConfigError(
             [Problem(file, "", "not found; pass --catalogue or create kernels.yaml")]
-        ) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([Problem(file, "", f"not valid YAML: {e}")]) from e
-    if not isinstance(data, dict) or not isinstance(data.get("kernels"), list):
-        raise ConfigError(
-            [Problem(file, "kernels", "the file must have a top-level `kernels:` list")]
         )
-    problems = [
-        Problem(file, key, "unknown top-level key (allowed: kernels)")
-        for key in data
-        if key != "kernels"
-    ]
+    problems = Problems(file)
+    data = yamlfile.read(path, problems, "a top-level `kernels:` list")
+    entries = data.get("kernels") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        if data is not None:
+            problems.add("kernels", "the file must have a top-level `kernels:` list")
+        raise ConfigError(problems.items)
+    for key in data:
+        if key != "kernels":
+            problems.add(key, "unknown top-level key (allowed: kernels)")
     specs: list[KernelSpec] = []
     seen: set[str] = set()
-    for index, raw in enumerate(data["kernels"]):
-        spec = _entry(raw, index, file, path.parent, problems)
+    for index, raw in enumerate(entries):
+        spec = _entry(raw, index, path.parent, problems)
         if spec is None:
             continue
         if spec.name in seen:
-            problems.append(
-                Problem(
-                    file, f"kernels.{spec.name}", "duplicate name; names must be unique"
-                )
-            )
+            problems.add(f"kernels.{spec.name}", "duplicate name; names must be unique")
         seen.add(spec.name)
         specs.append(spec)
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
     return Catalogue(path=path, kernels=tuple(specs))
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from harness.errors import ConfigError, Problem
+# Re-exported: steps and tests import Problems from here.
+from harness.errors import Problems as Problems
 from harness.events import ARG_KINDS
 from harness.matching import (
     ArgMatch,
@@ -73,33 +73,6 @@ ARG_KEYS = frozenset({"kind", "int", "fields", *ARG_STR, *STRUCT_ALIASES})
 SYSCALL_NAME = re.compile(r"[a-z0-9_]+")
 
 T = TypeVar("T")
-
-
-@dataclass
-class Problems:
-    """The problems found in one file so far, raised together at the end."""
-
-    file: str
-    items: list[Problem] = field(default_factory=list)
-
-    def add(self, key: str, message: str) -> None:
-        """Record that `key` is wrong and why."""
-        self.items.append(Problem(self.file, key, message))
-
-    def unknown_keys(
-        self, raw: Mapping[str, Any], key: str, allowed: Collection[str]
-    ) -> None:
-        """Record every key of `raw` not in `allowed`, listing the allowed ones."""
-        listed = ", ".join(sorted(allowed))
-        for name in raw:
-            if name not in allowed:
-                where = f"{key}.{name}" if key else str(name)
-                self.add(where, f"unknown key (allowed: {listed})")
-
-    def raise_if_any(self) -> None:
-        """Raise one ConfigError listing every problem, if there is any."""
-        if self.items:
-            raise ConfigError(self.items)
 
 
 def parse_optional(

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from harness import yamlfile
 from harness.arches import ALIASES, ARCHES
-from harness.errors import ConfigError, Problem
-from harness.expectations import Problems, parse_expectation, parse_optional
+from harness.errors import ConfigError, Problem, Problems
+from harness.expectations import parse_expectation, parse_optional
 from harness.loaderrors import LoadErrorKind
 from harness.matching import Expectation
 from harness.steps import Step, parse_steps, render_script
@@ -40,40 +39,6 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 DEFAULT_TIMEOUT = 30.0
 POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 SYSCALL_PREFIXES = tuple(a.syscall_prefix for a in ARCHES.values())
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
-
-
-def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = loader.construct_object(value_node, deep=True)
-    return seen
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _mapping,
-)
-
-
-def read_yaml(path: Path, problems: Problems) -> Any:
-    """A YAML file's data, or None with the reason recorded in `problems`."""
-    try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)
-    except FileNotFoundError:
-        problems.add("", "file not found")
-    except yaml.YAMLError as e:
-        problems.add("", f"not valid YAML: {e}")
-    return None
 
 
 # -- conditions ----------------------------------------------------------------
@@ -328,7 +293,7 @@ def _portability(data: Mapping[str, Any], file: str, out: list[Problem]) -> None
 def load_policy(path: Path, problems: Problems, lenient: bool = False) -> Policy:
     """Read a policy's name; `lenient` when the policy is expected not to load."""
     own = Problems(str(path))
-    data = read_yaml(path, own)
+    data = yamlfile.read(path, own, "a TracingPolicy")
     name = path.stem
     if isinstance(data, Mapping):
         meta = data.get("metadata")
@@ -538,7 +503,7 @@ def load_scenarios(
     scenarios = []
     for file in files:
         own = Problems(str(file))
-        data = read_yaml(file, own)
+        data = yamlfile.read(file, own, "`policies:` and `cases:`")
         base = policies_dir or find_policies_dir(file)
         scenario = parse_scenario(file, data, own, base) if data is not None else None
         problems += own.items

@@ -65,6 +65,29 @@ extra: 1
     assert len(caught.value.problems) == 7
 
 
+def test_a_repeated_key_is_an_error_with_its_lines(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+kernels:
+  - name: "6.1"
+    series: "6.1"
+    suites: [bookworm]
+    arch: [amd64]
+    series: "6.12"
+""",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}: kernels[0].series: duplicate key on line 6 (first on line 3): "
+        "YAML would keep only the last; remove or rename one",
+        f"{path}: kernels.6.1.arch: 'amd64' is not a known arch (known: x86_64, arm64)",
+    ]
+
+
 def test_an_unquoted_numeric_sha256_gets_a_hint(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -126,6 +126,27 @@ def test_wrong_field_types_are_all_reported(shared_dir: Path) -> None:
     assert any(w.startswith("spec.kprobes[0].args[0].index") for w in wheres)
 
 
+def test_a_repeated_key_is_a_finding_with_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: a}\n"
+        "spec:\n  kprobes:\n  - call: fd_install\n    syscall: false\n"
+        "    call: security_file_open\n"
+    )
+
+    (p,) = policy.load(path)
+
+    assert [(f.severity, f.code, f.where, f.message) for f in p.findings] == [
+        (
+            "error",
+            "duplicate-key",
+            "spec.kprobes[0].call",
+            "duplicate key on line 8 (first on line 6): YAML would keep only the "
+            "last; remove or rename one",
+        )
+    ]
+
+
 def test_several_documents_and_foreign_kinds(tmp_path: Path) -> None:
     path = tmp_path / "two.yaml"
     path.write_text(
