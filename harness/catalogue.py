@@ -17,6 +17,8 @@ SOURCES = {
     "url": {"required": {"url", "sha256"}, "optional": set()},
 }
 COMMON = {"name", "source", "arch", "default", "description"}
+# `6.1`: every 6.1.x; `7.x`: the newest 7.* release.
+SERIES = re.compile(r"\d+\.(\d+|x)")
 
 
 @dataclass(frozen=True)
@@ -78,19 +80,40 @@ def _str_list(value: Any, where: str, problems: Problems) -> list[str]:
     return []
 
 
+def _text(value: Any, where: str, problems: Problems, what: str) -> str:
+    """A name or version; a number is refused with the quoted form to write."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # YAML reads 6.10 as the number 6.1: turning it back into text would
+        # silently name another kernel.
+        problems.add(where, yamlfile.quote_hint(value))
+    else:
+        problems.add(where, f"{value!r} is not {what}; write it as a quoted string")
+    return ""
+
+
+def _series(value: Any, where: str, problems: Problems) -> str:
+    series = _text(value, where, problems, "a series")
+    if series and not SERIES.fullmatch(series):
+        problems.add(
+            where, f"{series!r} is not a series; write one like '6.1' or '7.x'"
+        )
+    return series
+
+
 def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec | None:
     where = f"kernels[{index}]"
     if not isinstance(raw, dict):
         problems.add(where, "must be a mapping with name, source, arch")
         return None
-    name = raw.get("name")
-    if isinstance(name, (int, float)):
-        name = str(name)
-    if not isinstance(name, str) or not name:
-        problems.add(f"{where}.name", "missing; give the entry a name")
-        name = f"#{index}"
+    if "name" in raw:
+        name = _text(raw["name"], f"{where}.name", problems, "a name")
     else:
-        where = f"kernels.{name}"
+        problems.add(f"{where}.name", "missing; give the entry a name, quoted: '6.1'")
+        name = ""
+    where = f"kernels.{name}" if name else where
+    name = name or f"#{index}"
     source = raw.get("source", "debian")
     if source not in SOURCES:
         known = ", ".join(SOURCES)
@@ -132,6 +155,10 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
     if not isinstance(default, bool):
         problems.add(f"{where}.default", "must be true or false")
 
+    series = (
+        _series(raw["series"], f"{where}.series", problems) if "series" in raw else ""
+    )
+
     def path(key: str) -> Path | None:
         value = raw.get(key)
         return (base / str(value)).resolve() if value else None
@@ -141,7 +168,7 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
         source=source,
         arches=tuple(arches),
         default=bool(default),
-        series=str(raw.get("series", "")),
+        series=series,
         suites=tuple(_str_list(raw.get("suites", []), f"{where}.suites", problems)),
         image=path("image"),
         modules=path("modules"),

@@ -88,6 +88,30 @@ kernels:
     ]
 
 
+def test_unquoted_versions_are_refused_with_the_text_to_write(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+kernels:
+  - {name: 6.10, series: 6.10, suites: [trixie]}
+  - {name: "6.1", series: 6.1, suites: [bookworm]}
+  - {name: "7", series: "7", suites: [sid]}
+""",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}: kernels[0].name: 6.10 is a number to YAML (read as 6.1); "
+        "write it quoted: '6.10'",
+        f"{path}: kernels[0].series: 6.10 is a number to YAML (read as 6.1); "
+        "write it quoted: '6.10'",
+        f"{path}: kernels.6.1.series: 6.1 is a number to YAML; write it quoted: '6.1'",
+        f"{path}: kernels.7.series: '7' is not a series; write one like '6.1' or '7.x'",
+    ]
+
+
 def test_an_unquoted_numeric_sha256_gets_a_hint(tmp_path: Path) -> None:
     path = write(
         tmp_path,
