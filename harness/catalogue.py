@@ -9,7 +9,7 @@ from typing import Any
 
 from harness import yamlfile
 from harness.arches import ARCHES
-from harness.errors import ConfigError, Problem, Problems
+from harness.errors import ConfigError, Problem, Problems, unknown_key_message
 
 SOURCES = {
     "debian": {"required": {"series", "suites"}, "optional": set()},
@@ -71,13 +71,17 @@ class Catalogue:
         return [self.get(n) for n in wanted]
 
 
-def _str_list(value: Any, where: str, problems: Problems) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    problems.add(where, "must be a string or a list of strings")
-    return []
+def _str_list(value: Any, where: str, problems: Problems, empty: str) -> list[str]:
+    """A string or a non-empty list of them; `empty` is the fix for `[]`."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        problems.add(where, f"empty list; {empty}")
+    for item in items:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            problems.add(where, yamlfile.quote_hint(item))
+        elif not isinstance(item, str):
+            problems.add(where, f"{item!r} is not a string; give a string or a list")
+    return [item for item in items if isinstance(item, str)]
 
 
 def _text(value: Any, where: str, problems: Problems, what: str) -> str:
@@ -102,6 +106,49 @@ def _series(value: Any, where: str, problems: Problems) -> str:
     return series
 
 
+def _debian(raw: dict[str, Any], where: str, problems: Problems) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if "series" in raw:
+        found["series"] = _series(raw["series"], f"{where}.series", problems)
+    if "suites" in raw:
+        found["suites"] = tuple(
+            _str_list(
+                raw["suites"],
+                f"{where}.suites",
+                problems,
+                "list the suites to look in, e.g. [bookworm, bookworm-updates]",
+            )
+        )
+    return found
+
+
+def _local(
+    raw: dict[str, Any], where: str, base: Path, problems: Problems
+) -> dict[str, Any]:
+    if not ({"image", "debs"} & raw.keys()):
+        problems.add(
+            where, "a local kernel needs `image:` (with `modules:`) or `debs:`"
+        )
+    found: dict[str, Any] = {}
+    for key in ("image", "modules"):
+        if raw.get(key):
+            found[key] = (base / str(raw[key])).resolve()
+    if "debs" in raw:
+        debs = _str_list(raw["debs"], f"{where}.debs", problems, "list the .deb files")
+        found["debs"] = tuple((base / d).resolve() for d in debs)
+    return found
+
+
+def _url(raw: dict[str, Any], where: str, problems: Problems) -> dict[str, Any]:
+    sha = raw.get("sha256", "")
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+        hint = " (quote it: YAML read it as a number)" if isinstance(sha, int) else ""
+        problems.add(
+            f"{where}.sha256", f"must be the 64 hex digits of the file's SHA-256{hint}"
+        )
+    return {"url": str(raw.get("url", "")), "sha256": str(sha).lower()}
+
+
 def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec | None:
     where = f"kernels[{index}]"
     if not isinstance(raw, dict):
@@ -113,7 +160,6 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
         problems.add(f"{where}.name", "missing; give the entry a name, quoted: '6.1'")
         name = ""
     where = f"kernels.{name}" if name else where
-    name = name or f"#{index}"
     source = raw.get("source", "debian")
     if source not in SOURCES:
         known = ", ".join(SOURCES)
@@ -121,6 +167,7 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
             f"{where}.source", f"{source!r} is not a known source (known: {known})"
         )
         return None
+
     allowed = COMMON | SOURCES[source]["required"] | SOURCES[source]["optional"]
     listed = ", ".join(sorted(allowed))
     for key in raw:
@@ -131,53 +178,34 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
             )
     for key in sorted(SOURCES[source]["required"] - raw.keys()):
         problems.add(f"{where}.{key}", f"required for source {source!r}")
-    arches = _str_list(raw.get("arch", list(ARCHES)), f"{where}.arch", problems)
+    known = ", ".join(ARCHES)
+    arches = _str_list(
+        raw.get("arch", list(ARCHES)),
+        f"{where}.arch",
+        problems,
+        f"list the arches to boot it on ({known}), or leave `arch:` out for all",
+    )
     for arch in arches:
         if arch not in ARCHES:
             problems.add(
-                f"{where}.arch",
-                f"{arch!r} is not a known arch (known: {', '.join(ARCHES)})",
+                f"{where}.arch", f"{arch!r} is not a known arch (known: {known})"
             )
-    if source == "local" and not ({"image", "debs"} & raw.keys()):
-        problems.add(
-            where, "a local kernel needs `image:` (with `modules:`) or `debs:`"
-        )
-    sha = raw.get("sha256", "")
-    if source == "url" and not (
-        isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)
-    ):
-        hint = " (quote it: YAML read it as a number)" if isinstance(sha, int) else ""
-        problems.add(
-            f"{where}.sha256", f"must be the 64 hex digits of the file's SHA-256{hint}"
-        )
-    sha = str(sha)
     default = raw.get("default", False)
     if not isinstance(default, bool):
         problems.add(f"{where}.default", "must be true or false")
 
-    series = (
-        _series(raw["series"], f"{where}.series", problems) if "series" in raw else ""
-    )
-
-    def path(key: str) -> Path | None:
-        value = raw.get(key)
-        return (base / str(value)).resolve() if value else None
-
+    if source == "debian":
+        fields = _debian(raw, where, problems)
+    elif source == "local":
+        fields = _local(raw, where, base, problems)
+    else:
+        fields = _url(raw, where, problems)
     return KernelSpec(
-        name=name,
+        name=name or f"#{index}",
         source=source,
         arches=tuple(arches),
         default=bool(default),
-        series=series,
-        suites=tuple(_str_list(raw.get("suites", []), f"{where}.suites", problems)),
-        image=path("image"),
-        modules=path("modules"),
-        debs=tuple(
-            (base / d).resolve()
-            for d in _str_list(raw.get("debs", []), f"{where}.debs", problems)
-        ),
-        url=str(raw.get("url", "")),
-        sha256=sha.lower(),
+        **fields,
     )
 
 
@@ -191,13 +219,22 @@ def load(path: Path) -> Catalogue:
     problems = Problems(file)
     data = yamlfile.read(path, problems, "a top-level `kernels:` list")
     entries = data.get("kernels") if isinstance(data, dict) else None
+    if isinstance(data, dict) and entries in (None, []):
+        problems.add("kernels", "no kernels: add at least one entry under `kernels:`")
+        entries = []
     if not isinstance(entries, list):
-        if data is not None:
-            problems.add("kernels", "the file must have a top-level `kernels:` list")
+        if isinstance(data, dict):
+            problems.add(
+                "kernels", f"must be a list of entries (- name: ...), not {entries!r}"
+            )
+        elif data is not None:
+            problems.add(
+                "", "the file must be a mapping with a top-level `kernels:` list"
+            )
         raise ConfigError(problems.items)
     for key in data:
         if key != "kernels":
-            problems.add(key, "unknown top-level key (allowed: kernels)")
+            problems.add(key, unknown_key_message(key, ["kernels"]))
     specs: list[KernelSpec] = []
     seen: set[str] = set()
     for index, raw in enumerate(entries):

@@ -58,7 +58,7 @@ extra: 1
         f"{path}: kernels.6.1: duplicate name",
         f"{path}: kernels.mine.sha256: required for source 'url'",
         f"{path}: kernels.nowhere.source: 'ftp' is not a known source",
-        f"{path}: extra: unknown top-level key",
+        f"{path}: extra: unknown key (allowed: kernels)",
     ]
     for line in expected:
         assert line in text, f"missing {line!r} in:\n{text}"
@@ -110,6 +110,50 @@ kernels:
         f"{path}: kernels.6.1.series: 6.1 is a number to YAML; write it quoted: '6.1'",
         f"{path}: kernels.7.series: '7' is not a series; write one like '6.1' or '7.x'",
     ]
+
+
+def test_empty_lists_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+kernels:
+  - {name: "6.1", series: "6.1", suites: [], arch: []}
+  - {name: mine, source: local, debs: []}
+""",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}: kernels.6.1.arch: empty list; list the arches to boot it on "
+        "(x86_64, arm64), or leave `arch:` out for all",
+        f"{path}: kernels.6.1.suites: empty list; list the suites to look in, "
+        "e.g. [bookworm, bookworm-updates]",
+        f"{path}: kernels.mine.debs: empty list; list the .deb files",
+    ]
+
+
+@pytest.mark.parametrize("text", ["kernels: []\n", "kernels: []\nextra: 1\n"])
+def test_a_catalogue_without_kernels_is_refused(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+
+    assert str(caught.value.problems[0]) == (
+        f"{path}: kernels: no kernels: add at least one entry under `kernels:`"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "# to do\n", "kernels:\n", "[]\n"])
+def test_an_empty_catalogue_is_refused(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError, match="kernels") as caught:
+        load(path)
+
+    assert len(caught.value.problems) == 1
 
 
 def test_an_unquoted_numeric_sha256_gets_a_hint(tmp_path: Path) -> None:
