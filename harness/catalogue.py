@@ -130,13 +130,36 @@ def _local(
             where, "a local kernel needs `image:` (with `modules:`) or `debs:`"
         )
     found: dict[str, Any] = {}
-    for key in ("image", "modules"):
-        if raw.get(key):
-            found[key] = (base / str(raw[key])).resolve()
+    for key, kind in (("image", "file"), ("modules", "directory")):
+        if key in raw:
+            found[key] = _existing(raw[key], f"{where}.{key}", base, kind, problems)
     if "debs" in raw:
         debs = _str_list(raw["debs"], f"{where}.debs", problems, "list the .deb files")
-        found["debs"] = tuple((base / d).resolve() for d in debs)
+        found["debs"] = tuple(
+            _existing(d, f"{where}.debs", base, "file", problems) for d in debs
+        )
     return found
+
+
+def _existing(
+    value: Any, where: str, base: Path, kind: str, problems: Problems
+) -> Path:
+    """A local kernel's file or directory, relative to the catalogue's directory.
+
+    Checked now rather than at boot, where a typo would surface only after the
+    rest of the matrix has been fetched.
+    """
+    if not isinstance(value, str) or not value:
+        problems.add(where, f"{value!r} is not a path; give the {kind} as a string")
+        return base
+    path = (base / value).resolve()
+    exists = path.is_file() if kind == "file" else path.is_dir()
+    if not exists:
+        relative = "" if Path(value).is_absolute() else f" ({value!r} from {base})"
+        problems.add(
+            where, f"{path}{relative} is not a {kind}; correct the path or build it"
+        )
+    return path
 
 
 def _url(raw: dict[str, Any], where: str, problems: Problems) -> dict[str, Any]:
@@ -238,7 +261,7 @@ def load(path: Path) -> Catalogue:
     specs: list[KernelSpec] = []
     seen: set[str] = set()
     for index, raw in enumerate(entries):
-        spec = _entry(raw, index, path.parent, problems)
+        spec = _entry(raw, index, path.parent.resolve(), problems)
         if spec is None:
             continue
         if spec.name in seen:

@@ -180,6 +180,8 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_local_sources_resolve_paths_against_the_file(tmp_path: Path) -> None:
+    (tmp_path / "b" / "mod").mkdir(parents=True)
+    (tmp_path / "b" / "bzImage").write_bytes(b"kernel")
     path = write(
         tmp_path,
         "kernels:\n  - {name: dev, source: local, image: b/bzImage, modules: b/mod}\n",
@@ -187,6 +189,35 @@ def test_local_sources_resolve_paths_against_the_file(tmp_path: Path) -> None:
     spec = load(path).get("dev")
     assert spec.image == tmp_path / "b" / "bzImage"
     assert spec.arches == ("x86_64", "arm64")
+
+
+def test_missing_local_files_are_reported_when_the_catalogue_loads(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bzImage").mkdir()
+    path = write(
+        tmp_path,
+        f"""\
+kernels:
+  - {{name: dev, source: local, image: b/bzImage, modules: b/mod}}
+  - {{name: debs, source: local, debs: [{tmp_path}/k.deb, b/m.deb]}}
+""",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}: kernels.dev.image: {tmp_path}/b/bzImage ('b/bzImage' from "
+        f"{tmp_path}) is not a file; correct the path or build it",
+        f"{path}: kernels.dev.modules: {tmp_path}/b/mod ('b/mod' from {tmp_path}) "
+        "is not a directory; correct the path or build it",
+        f"{path}: kernels.debs.debs: {tmp_path}/k.deb is not a file; correct the "
+        "path or build it",
+        f"{path}: kernels.debs.debs: {tmp_path}/b/m.deb ('b/m.deb' from "
+        f"{tmp_path}) is not a file; correct the path or build it",
+    ]
 
 
 def test_find_catalogue_walks_up(tmp_path: Path) -> None:
