@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from harness import yamlfile
 from harness.arches import ARCHES
@@ -17,6 +18,8 @@ SOURCES = {
     "url": {"required": {"url", "sha256"}, "optional": set()},
 }
 COMMON = {"name", "source", "arch", "default", "description"}
+# Kernels by URL are fetched with the same HTTP client as the archive.
+HTTP = ("http", "https")
 # `6.1`: every 6.1.x; `7.x`: the newest 7.* release.
 SERIES = re.compile(r"\d+\.(\d+|x)")
 
@@ -163,13 +166,23 @@ def _existing(
 
 
 def _url(raw: dict[str, Any], where: str, problems: Problems) -> dict[str, Any]:
-    sha = raw.get("sha256", "")
-    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
-        hint = " (quote it: YAML read it as a number)" if isinstance(sha, int) else ""
+    url, sha = raw.get("url", ""), raw.get("sha256", "")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if "url" in raw and not (parts and parts.scheme in HTTP and parts.netloc):
         problems.add(
-            f"{where}.sha256", f"must be the 64 hex digits of the file's SHA-256{hint}"
+            f"{where}.url",
+            f"{url!r} is not an http:// or https:// URL; give the address of the "
+            "kernel .deb",
         )
-    return {"url": str(raw.get("url", "")), "sha256": str(sha).lower()}
+    if "sha256" in raw and not (
+        isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)
+    ):
+        if isinstance(sha, int) and not isinstance(sha, bool):
+            hint = "YAML read it as a number: quote it"
+        else:
+            hint = "give the file's SHA-256 (sha256sum prints it)"
+        problems.add(f"{where}.sha256", f"{sha!r} is not 64 hex digits; {hint}")
+    return {"url": str(url), "sha256": str(sha).lower()}
 
 
 def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec | None:

@@ -62,7 +62,7 @@ extra: 1
     ]
     for line in expected:
         assert line in text, f"missing {line!r} in:\n{text}"
-    assert len(caught.value.problems) == 7
+    assert len(caught.value.problems) == 6
 
 
 def test_a_repeated_key_is_an_error_with_its_lines(tmp_path: Path) -> None:
@@ -162,8 +162,34 @@ def test_an_unquoted_numeric_sha256_gets_a_hint(tmp_path: Path) -> None:
         "kernels:\n  - {name: k, source: url, url: 'http://x.test/k.deb', "
         f"sha256: {'1' * 64}}}\n",
     )
-    with pytest.raises(ConfigError, match="quote it: YAML read it as a number"):
+    with pytest.raises(ConfigError, match="YAML read it as a number: quote it"):
         load(path)
+
+
+def test_url_sources_need_http_and_a_sha256(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""\
+kernels:
+  - {{name: a, source: url, url: 'ftp://host.test/k.deb', sha256: '{"ab" * 32}'}}
+  - {{name: b, source: url, url: /srv/k.deb, sha256: 'abc'}}
+  - {{name: c, source: url, url: 'https://x.test/k.deb', sha256: '{"g" * 64}'}}
+""",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}: kernels.a.url: 'ftp://host.test/k.deb' is not an http:// or "
+        "https:// URL; give the address of the kernel .deb",
+        f"{path}: kernels.b.url: '/srv/k.deb' is not an http:// or https:// URL; "
+        "give the address of the kernel .deb",
+        f"{path}: kernels.b.sha256: 'abc' is not 64 hex digits; give the file's "
+        "SHA-256 (sha256sum prints it)",
+        f"{path}: kernels.c.sha256: '{'g' * 64}' is not 64 hex digits; give the "
+        "file's SHA-256 (sha256sum prints it)",
+    ]
 
 
 def test_unknown_kernel_name_lists_the_known_ones() -> None:
