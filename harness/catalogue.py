@@ -10,7 +10,13 @@ from urllib.parse import urlsplit
 
 from harness import yamlfile
 from harness.arches import ARCHES
-from harness.errors import ConfigError, Problem, Problems, unknown_key_message
+from harness.errors import (
+    ConfigError,
+    Problem,
+    Problems,
+    did_you_mean,
+    unknown_key_message,
+)
 
 SOURCES = {
     "debian": {"required": {"series", "suites"}, "optional": set()},
@@ -198,20 +204,19 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
     where = f"kernels.{name}" if name else where
     source = raw.get("source", "debian")
     if source not in SOURCES:
+        hint = did_you_mean(source, SOURCES)
         known = ", ".join(SOURCES)
         problems.add(
-            f"{where}.source", f"{source!r} is not a known source (known: {known})"
+            f"{where}.source",
+            f"{source!r} is not a known source{hint} (known: {known})",
         )
         return None
 
     allowed = COMMON | SOURCES[source]["required"] | SOURCES[source]["optional"]
-    listed = ", ".join(sorted(allowed))
     for key in raw:
         if key not in allowed:
-            problems.add(
-                f"{where}.{key}",
-                f"unknown key for source {source!r} (allowed: {listed})",
-            )
+            what = f"key for source {source!r}"
+            problems.add(f"{where}.{key}", unknown_key_message(key, allowed, what))
     for key in sorted(SOURCES[source]["required"] - raw.keys()):
         problems.add(f"{where}.{key}", f"required for source {source!r}")
     known = ", ".join(ARCHES)

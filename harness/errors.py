@@ -43,10 +43,13 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def unknown_key_message(name: object, allowed: Collection[str]) -> str:
+def unknown_key_message(
+    name: object, allowed: Collection[str], what: str = "key"
+) -> str:
     """`unknown key; did you mean 'timeout'? (allowed: ...)`."""
     choices = sorted(allowed)
-    return f"unknown key{did_you_mean(name, choices)} (allowed: {', '.join(choices)})"
+    hint = did_you_mean(name, choices)
+    return f"unknown {what}{hint} (allowed: {', '.join(choices)})"
 
 
 @dataclass

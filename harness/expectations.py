@@ -11,8 +11,9 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
-# Re-exported: steps and tests import Problems from here.
+# Problems is re-exported: steps and tests import it from here.
 from harness.errors import Problems as Problems
+from harness.errors import unknown_key_message
 from harness.events import ARG_KINDS
 from harness.matching import (
     ArgMatch,
@@ -67,6 +68,16 @@ STRUCT_ALIASES = {
     "capability": "capability_arg",
     "module": "module_arg",
     "net_dev": "net_dev_arg",
+}
+# Members of structured arguments as Tetragon's events name them (Tetragon
+# leaves out those that are zero). Kinds not listed are matched unchecked.
+STRUCT_MEMBERS = {
+    "sock_arg": frozenset(
+        {"family", "type", "protocol", "mark", "priority", "saddr", "daddr"}
+        | {"sport", "dport", "cookie", "state"}
+    ),
+    "sockaddr_arg": frozenset({"family", "addr", "port"}),
+    "syscall_id": frozenset({"id", "abi"}),
 }
 ARG_STR = ("string", "path", "permission", "bytes")
 ARG_KEYS = frozenset({"kind", "int", "fields", *ARG_STR, *STRUCT_ALIASES})
@@ -147,13 +158,18 @@ def parse_field(value: Any, key: str, problems: Problems) -> FieldMatch | None:
 
 
 def _struct_fields(
-    value: Any, key: str, problems: Problems
+    value: Any, key: str, problems: Problems, kind: str | None
 ) -> tuple[tuple[str, FieldMatch], ...]:
     if not isinstance(value, Mapping) or not value:
         problems.add(key, "must be a mapping of member name to value")
         return ()
+    members = STRUCT_MEMBERS.get(kind or "")
     found = []
     for name, raw in value.items():
+        if members is not None and name not in members:
+            what = f"member of {kind}"
+            problems.add(f"{key}.{name}", unknown_key_message(name, members, what))
+            continue
         matcher = parse_field(raw, f"{key}.{name}", problems)
         if matcher is not None:
             found.append((str(name), matcher))
@@ -190,9 +206,10 @@ def parse_arg(value: Any, key: str, problems: Problems) -> ArgMatch | None:
     fields: tuple[tuple[str, FieldMatch], ...] = ()
     if structs:
         kind = STRUCT_ALIASES[structs[0]]
-        fields = _struct_fields(value[structs[0]], f"{key}.{structs[0]}", problems)
+        where = f"{key}.{structs[0]}"
+        fields = _struct_fields(value[structs[0]], where, problems, kind)
     elif "fields" in value:
-        fields = _struct_fields(value["fields"], f"{key}.fields", problems)
+        fields = _struct_fields(value["fields"], f"{key}.fields", problems, kind)
     return ArgMatch(
         kind=kind,
         int=parse_optional(value, "int", key, problems, parse_num),

@@ -156,6 +156,29 @@ def test_an_empty_catalogue_is_refused(tmp_path: Path, text: str) -> None:
     assert len(caught.value.problems) == 1
 
 
+def test_misspelt_keys_and_sources_get_the_closest_name(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+kernels:
+  - {name: "6.1", serie: "6.1", suites: [bookworm]}
+  - {name: "6.12", source: debain}
+""",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}: kernels.6.1.serie: unknown key for source 'debian'; did you mean "
+        "'series'? (allowed: arch, default, description, name, series, source, "
+        "suites)",
+        f"{path}: kernels.6.1.series: required for source 'debian'",
+        f"{path}: kernels.6.12.source: 'debain' is not a known source; did you mean "
+        "'debian'? (known: debian, local, url)",
+    ]
+
+
 def test_an_unquoted_numeric_sha256_gets_a_hint(tmp_path: Path) -> None:
     path = write(
         tmp_path,

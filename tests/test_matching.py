@@ -325,3 +325,28 @@ def test_yaml_form_rejects_what_tetragon_never_reports() -> None:
     with pytest.raises(ConfigError, match=r"only for event types kprobe"):
         expectation(type="lsm", ret=0)
     assert expectation(type="kprobe", action="post").event.action is not None
+
+
+def test_unknown_members_of_a_socket_suggest_the_closest() -> None:
+    problems = Problems("scenarios/x.yaml")
+    raw = {
+        "type": "kprobe",
+        "args": [
+            {"sock": {"family": "AF_INET", "dprt": 8080}},
+            {"kind": "sock", "fields": {"source": "127.0.0.1"}},
+            {"kind": "file", "fields": {"mount": "/"}},
+        ],
+    }
+
+    parse_expectation(raw, "cases.c.expect[0]", problems)
+
+    members = (
+        "cookie, daddr, dport, family, mark, priority, protocol, saddr, sport, "
+        "state, type"
+    )
+    assert [str(p) for p in problems.items] == [
+        "scenarios/x.yaml: cases.c.expect[0].args[0].sock.dprt: unknown member of "
+        f"sock_arg; did you mean 'dport'? (allowed: {members})",
+        "scenarios/x.yaml: cases.c.expect[0].args[1].fields.source: unknown member "
+        f"of sock_arg (allowed: {members})",
+    ]

@@ -118,6 +118,20 @@ def test_unknown_field_is_a_finding(shared_dir: Path) -> None:
     assert len(p.hooks) == 1
 
 
+def test_a_misspelt_field_gets_the_closest_name(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: a}\n"
+        "spec: {kprobes: [{call: fd_install, syscall: false, retrun: true}]}\n"
+    )
+
+    (p,) = policy.load(path)
+
+    assert [f.message for f in p.findings] == [
+        "unknown field 'retrun': Tetragon rejects the policy; did you mean 'return'?"
+    ]
+
+
 def test_wrong_field_types_are_all_reported(shared_dir: Path) -> None:
     # The agent reports only the first (`index` of type uint32); all are here.
     (p,) = policy.load(recorded(shared_dir, "n07-bad-field-type"))

@@ -205,6 +205,11 @@ def test_a_malformed_scenario_lists_every_problem(tmp_path: Path) -> None:
         message
     )
     assert "'p-typo' is not a policy of this scenario (p-open)" in message
+    assert (
+        f"{path}: cases.Bad_Name.tiemout: unknown key; did you mean 'timeout'? "
+        "(allowed: conditions, description, expect, expect_not, ordered, steps, "
+        "timeout)"
+    ) in message
 
 
 def test_problems_of_every_file_come_together(tmp_path: Path) -> None:
