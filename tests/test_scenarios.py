@@ -10,12 +10,20 @@ from pathlib import Path
 import pytest
 from goldenfile import assert_golden
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, Problems
 from harness.events import read_export
 from harness.loaderrors import LoadErrorKind
 from harness.matching import check
 from harness.scenarios import KernelFacts, load_scenario, load_scenarios
-from harness.steps import Connect, OpenFile, Run, Step, WriteFile, render_script
+from harness.steps import (
+    Connect,
+    OpenFile,
+    Run,
+    Step,
+    WriteFile,
+    parse_step,
+    render_script,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -349,6 +357,20 @@ cases:
     assert (
         verdict(kernel="x", arch="arm64", version="6.10.2", config=fprobe)[0] == "run"
     )
+
+
+@pytest.mark.parametrize("code", [256, -1, "one", 1.5, True])
+def test_exit_statuses_outside_0_to_255_are_refused(code: object) -> None:
+    problems = Problems("s.yaml")
+
+    step = parse_step({"run": "true", "exit": code}, "steps[0]", problems)
+
+    assert step is not None
+    assert [str(p) for p in problems.items] == [
+        f"s.yaml: steps[0].exit: {code!r} is not an exit status; give 0-255 or `any`"
+    ]
+    assert parse_step({"run": "true", "exit": 255}, "steps[0]", problems)
+    assert len(problems.items) == 1
 
 
 def test_a_step_with_the_wrong_exit_status_stops_the_script() -> None:
