@@ -86,7 +86,7 @@ def _str_list(value: Any, where: str, problems: Problems, empty: str) -> list[st
     if not items:
         problems.add(where, f"empty list; {empty}")
     for item in items:
-        if isinstance(item, (int, float)) and not isinstance(item, bool):
+        if yamlfile.is_number(item):
             problems.add(where, yamlfile.quote_hint(item))
         elif not isinstance(item, str):
             problems.add(where, f"{item!r} is not a string; give a string or a list")
@@ -97,7 +97,7 @@ def _text(value: Any, where: str, problems: Problems, what: str) -> str:
     """A name or version; a number is refused with the quoted form to write."""
     if isinstance(value, str) and value:
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if yamlfile.is_number(value):
         # YAML reads 6.10 as the number 6.1: turning it back into text would
         # silently name another kernel.
         problems.add(where, yamlfile.quote_hint(value))
@@ -183,7 +183,7 @@ def _url(raw: dict[str, Any], where: str, problems: Problems) -> dict[str, Any]:
     if "sha256" in raw and not (
         isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)
     ):
-        if isinstance(sha, int) and not isinstance(sha, bool):
+        if yamlfile.is_number(sha):
             hint = "YAML read it as a number: quote it"
         else:
             hint = "give the file's SHA-256 (sha256sum prints it)"

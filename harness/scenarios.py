@@ -150,27 +150,59 @@ def evaluate(conditions: Iterable[Condition], facts: KernelFacts) -> Verdict:
     return Verdict("run")
 
 
-def _strings(value: Any, key: str, problems: Problems) -> tuple[str, ...]:
+# What each string fact names, for messages.
+FACT_WORDS = {
+    "kernel": "a catalogue name such as '6.1'",
+    "arch": f"an arch ({', '.join(ARCHES)})",
+    "lsm": "an LSM name such as bpf",
+    "config": "a kernel option such as CONFIG_FPROBE",
+}
+
+
+def _yaml_kind(value: Any) -> str:
+    """`[1] (a list)`: a value of the wrong type, as the user can recognise it."""
+    if value is None:
+        return "nothing (null)"
+    text = yamlfile.as_written(value)
+    if isinstance(value, bool):
+        return f"{text} (a boolean to YAML, as are yes, no, on and off)"
+    if isinstance(value, (int, float)):
+        return f"{text} (a number)"
+    if isinstance(value, str):
+        return f"{value!r} (empty)" if not value else repr(value)
+    return f"{value!r} (a {'mapping' if isinstance(value, Mapping) else 'list'})"
+
+
+def _strings(value: Any, name: str, key: str, problems: Problems) -> tuple[str, ...]:
+    """The fact `name`: one string or a non-empty list of them."""
+    what = FACT_WORDS[name]
     items = value if isinstance(value, list) else [value]
+    if not items:
+        problems.add(key, f"empty list; give at least one: {what}")
     out = []
     for item in items:
-        if isinstance(item, float):
-            # YAML reads 6.10 as the number 6.1: kernel names must be quoted.
-            problems.add(key, f'{item!r} is a number; quote it: "{item}"')
-        elif isinstance(item, (str, int)) and not isinstance(item, bool):
-            out.append(str(item))
+        if isinstance(item, str) and item:
+            out.append(item)
+        elif name == "kernel" and yamlfile.is_number(item):
+            # YAML reads 6.10 as the number 6.1: catalogue names must be quoted.
+            problems.add(key, yamlfile.quote_hint(item))
         else:
-            problems.add(key, "must be a string or a list of strings")
+            problems.add(key, f"{_yaml_kind(item)} is not a string; expected {what}")
     return tuple(out)
 
 
 def _version(value: Any, key: str, problems: Problems) -> tuple[int, ...]:
-    if isinstance(value, float):
-        problems.add(key, f"{value!r} is a number (6.10 would read as 6.1); quote it")
+    if yamlfile.is_number(value):
+        problems.add(key, yamlfile.quote_hint(value))
         return ()
     parsed = version_tuple(value) if isinstance(value, str) else ()
     if not parsed:
-        problems.add(key, f'{value!r} is not a version such as "6.1"')
+        text = repr(value) if isinstance(value, str) else _yaml_kind(value)
+        problems.add(
+            key,
+            f"{text} is not a version; give one such as '6.1', "
+            "or a range {min: '5.15', max: '6.1'}",
+        )
     return parsed
 
 
@@ -195,7 +227,12 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
         problems.add(key, f"must be a mapping of {', '.join(FACT_KEYS)}")
         return None
     problems.unknown_keys(value, key, FACT_KEYS)
-    arches = _strings(value.get("arch", []), f"{key}.arch", problems)
+    given = {
+        name: _strings(value[name], name, f"{key}.{name}", problems)
+        for name in FACT_WORDS
+        if name in value
+    }
+    arches = given.get("arch", ())
     for arch in arches:
         if arch not in ARCHES:
             hint = f" (did you mean {ALIASES[arch]}?)" if arch in ALIASES else ""
@@ -203,7 +240,7 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
             problems.add(
                 f"{key}.arch", f"{arch!r} is not an arch{hint}; known: {known}"
             )
-    configs = _strings(value.get("config", []), f"{key}.config", problems)
+    configs = given.get("config", ())
     for option in configs:
         if not option.startswith("CONFIG_"):
             problems.add(f"{key}.config", f"{option!r}: write CONFIG_{option}")
@@ -213,11 +250,11 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
         else ((), ())
     )
     return Facts(
-        kernels=_strings(value.get("kernel", []), f"{key}.kernel", problems),
+        kernels=given.get("kernel", ()),
         arches=arches,
         min_version=low,
         max_version=high,
-        lsms=_strings(value.get("lsm", []), f"{key}.lsm", problems),
+        lsms=given.get("lsm", ()),
         configs=configs,
     )
 

@@ -42,6 +42,11 @@ def _float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
 StrictLoader.add_constructor("tag:yaml.org,2002:float", _float)
 
 
+def is_number(value: object) -> bool:
+    """Whether YAML read `value` as a number (true and false are not numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def as_written(value: object) -> str:
     """The text of a scalar as the file has it: `6.10` for the float 6.1."""
     if isinstance(value, SourceFloat):

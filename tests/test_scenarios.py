@@ -373,6 +373,38 @@ def test_exit_statuses_outside_0_to_255_are_refused(code: object) -> None:
     assert len(problems.items) == 1
 
 
+def test_condition_facts_of_the_wrong_type_name_the_type_expected(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = f"""\
+policies: p-open.yaml
+conditions:
+  - skip: wrong types
+    if: {{lsm: 5, config: yes, version: [1], kernel: [6.10, "6.1"]}}
+  - skip: empty
+    unless: {{arch: [], version: {{min: 6}}}}
+{ONE_CASE}"""
+    path = write(tmp_path, "scenarios/s.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert [f"{p.key}: {p.message}" for p in caught.value.problems] == [
+        "conditions[0].if.kernel: 6.10 is a number to YAML (read as 6.1); write "
+        "it quoted: '6.10'",
+        "conditions[0].if.lsm: 5 (a number) is not a string; expected an LSM "
+        "name such as bpf",
+        "conditions[0].if.config: true (a boolean to YAML, as are yes, no, on and "
+        "off) is not a string; expected a kernel option such as CONFIG_FPROBE",
+        "conditions[0].if.version: [1] (a list) is not a version; give one such "
+        "as '6.1', or a range {min: '5.15', max: '6.1'}",
+        "conditions[1].unless.arch: empty list; give at least one: an arch "
+        "(x86_64, arm64)",
+        "conditions[1].unless.version.min: 6 is a number to YAML; write it quoted: '6'",
+    ]
+
+
 def test_a_step_with_the_wrong_exit_status_stops_the_script() -> None:
     sh = shutil.which("sh")
     if sh is None:
