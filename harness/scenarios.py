@@ -37,6 +37,14 @@ CASE_KEYS = (
 FACT_KEYS = ("kernel", "arch", "version", "lsm", "config")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 DEFAULT_TIMEOUT = 30.0
+NO_EXPECT = "required: the events the workload must cause"
+# A case that only forbids events passes while its policy is silent (not
+# loaded, hook gone on this kernel): the control proves it is live.
+NO_CONTROL = (
+    "required with `expect_not:`: add a control step the policy reports and "
+    "expect its event here with an exact count (docs/scenarios.md, the starter "
+    "library: a negative case carries a control)"
+)
 POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 SYSCALL_PREFIXES = tuple(a.syscall_prefix for a in ARCHES.values())
 
@@ -391,16 +399,31 @@ class Scenario:
 
 
 def _expectations(
-    value: Any, key: str, problems: Problems, absent: bool, policies: Sequence[str]
+    raw: Mapping[str, Any],
+    name: Literal["expect", "expect_not"],
+    case: str,
+    problems: Problems,
+    policies: Sequence[str],
 ) -> tuple[Expectation, ...]:
+    """The case's `expect:` or `expect_not:` list; () when it is left out."""
+    if name not in raw:
+        return ()
+    value, key, absent = raw[name], f"{case}.{name}", name == "expect_not"
     if not isinstance(value, list):
         problems.add(key, "must be a list of expected events")
         return ()
+    if not value:
+        fix = (
+            "list the events that must not appear, or leave it out"
+            if absent
+            else "list the events the workload must cause"
+        )
+        problems.add(key, f"empty list; {fix}")
     parsed = [
         parse_expectation(
-            raw, f"{key}[{i}]", problems, absent=absent, policies=policies
+            item, f"{key}[{i}]", problems, absent=absent, policies=policies
         )
-        for i, raw in enumerate(value)
+        for i, item in enumerate(value)
     ]
     return tuple(p for p in parsed if p is not None)
 
@@ -425,8 +448,8 @@ def parse_case(
     problems.unknown_keys(raw, key, CASE_KEYS)
     if "steps" not in raw:
         problems.add(f"{key}.steps", "required: the workload that causes the events")
-    if "expect" not in raw and "expect_not" not in raw:
-        problems.add(key, "a case must have `expect:` or `expect_not:` (or both)")
+    if "expect" not in raw:
+        problems.add(f"{key}.expect", NO_CONTROL if "expect_not" in raw else NO_EXPECT)
     ordered = raw.get("ordered", False)
     if not isinstance(ordered, bool):
         problems.add(f"{key}.ordered", "must be true or false")
@@ -437,12 +460,8 @@ def parse_case(
         name=name,
         description=str(description),
         steps=parse_optional(raw, "steps", key, problems, parse_steps) or (),
-        expect=_expectations(
-            raw.get("expect", []), f"{key}.expect", problems, False, policies
-        ),
-        expect_not=_expectations(
-            raw.get("expect_not", []), f"{key}.expect_not", problems, True, policies
-        ),
+        expect=_expectations(raw, "expect", key, problems, policies),
+        expect_not=_expectations(raw, "expect_not", key, problems, policies),
         ordered=bool(ordered),
         timeout=_timeout(
             raw.get("timeout", DEFAULT_TIMEOUT), f"{key}.timeout", problems
@@ -502,10 +521,12 @@ def parse_scenario(
     policies = _policies(
         data.get("policies", []), policies_dir, problems, expected is not None
     )
-    cases_raw = data.get("cases", {})
-    if not isinstance(cases_raw, Mapping) or (not cases_raw and expected is None):
-        problems.add("cases", "must be a mapping of case name to case")
+    cases_raw = data.get("cases") or {}
+    if not isinstance(cases_raw, Mapping):
+        problems.add("cases", f"{cases_raw!r} is not a mapping of case name to case")
         cases_raw = {}
+    elif not cases_raw and expected is None:
+        problems.add("cases", "no cases: add at least one case under `cases:`")
     names = [p.name for p in policies]
     cases = [parse_case(str(n), raw, problems, names) for n, raw in cases_raw.items()]
     description = data.get("description", "")

@@ -204,7 +204,7 @@ def test_a_malformed_scenario_lists_every_problem(tmp_path: Path) -> None:
         "cases.Bad_Name.expect[0].args.random",
         "cases.Bad_Name.expect[0].args",
         "cases.Bad_Name.tiemout",
-        "cases.empty",
+        "cases.empty.expect",
         "cases.empty.steps",
     }
     message = str(caught.value)
@@ -257,6 +257,53 @@ def test_a_problem_reached_twice_is_reported_once(tmp_path: Path) -> None:
     (problem,) = caught.value.problems
     assert (problem.file, problem.key) == (str(nameless), "metadata.name")
     assert str(caught.value).count("metadata.name") == 1
+
+
+@pytest.mark.parametrize("cases", ["cases: {}\n", "cases:\n", ""])
+def test_a_scenario_without_cases_says_to_add_one(tmp_path: Path, cases: str) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    path = write(tmp_path, "scenarios/s.yaml", f"policies: [p-open.yaml]\n{cases}")
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert str(caught.value) == (
+        f"{path}: cases: no cases: add at least one case under `cases:`"
+    )
+
+
+def test_a_case_must_expect_something_and_a_negative_case_a_control(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = """\
+policies: [p-open.yaml]
+cases:
+  nothing:
+    steps: [{read: /etc/passwd}]
+    expect: []
+  only-negative:
+    steps: [{read: /tmp/x}]
+    expect_not: [{type: kprobe, function: fd_install}]
+  empty-negative:
+    steps: [{read: /etc/passwd}]
+    expect: [{type: kprobe, function: fd_install}]
+    expect_not: []
+"""
+    path = write(tmp_path, "scenarios/s.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert [f"{p.key}: {p.message}" for p in caught.value.problems] == [
+        "cases.nothing.expect: empty list; list the events the workload must cause",
+        "cases.only-negative.expect: required with `expect_not:`: add a control "
+        "step the policy reports and expect its event here with an exact count "
+        "(docs/scenarios.md, the starter library: a negative case carries a "
+        "control)",
+        "cases.empty-negative.expect_not: empty list; list the events that must "
+        "not appear, or leave it out",
+    ]
 
 
 def test_policies_must_load_on_every_arch(tmp_path: Path) -> None:
