@@ -82,6 +82,10 @@ class FetchError(HarnessError):
     """A download, an archive index or a cached artefact could not be obtained."""
 
 
+class UnreachableError(FetchError):
+    """A server could not be reached at all: refused, no route, no name, proxy."""
+
+
 class IntegrityError(FetchError):
     """A file does not match the hash or signature that vouches for it."""
 
