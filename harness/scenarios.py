@@ -528,7 +528,16 @@ def parse_scenario(
     elif not cases_raw and expected is None:
         problems.add("cases", "no cases: add at least one case under `cases:`")
     names = [p.name for p in policies]
-    cases = [parse_case(str(n), raw, problems, names) for n, raw in cases_raw.items()]
+    for name in cases_raw:
+        if yamlfile.is_number(name):
+            # A case named 6.10 would silently become case 6.1.
+            problems.add(
+                f"cases.{yamlfile.as_written(name)}", yamlfile.quote_hint(name)
+            )
+    cases = [
+        parse_case(yamlfile.as_written(n), raw, problems, names)
+        for n, raw in cases_raw.items()
+    ]
     description = data.get("description", "")
     if not isinstance(description, str):
         problems.add("description", "must be a string")

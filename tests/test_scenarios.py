@@ -272,6 +272,21 @@ def test_a_scenario_without_cases_says_to_add_one(tmp_path: Path, cases: str) ->
     )
 
 
+def test_a_case_named_by_a_number_must_be_quoted(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    case = "steps: [{read: /etc/passwd}]\n    expect: [{type: kprobe}]"
+    text = f"policies: [p-open.yaml]\ncases:\n  6.10:\n    {case}\n"
+    path = write(tmp_path, "scenarios/s.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert str(caught.value) == (
+        f"{path}: cases.6.10: 6.10 is a number to YAML (read as 6.1); write it "
+        "quoted: '6.10'"
+    )
+
+
 def test_a_case_must_expect_something_and_a_negative_case_a_control(
     tmp_path: Path,
 ) -> None:
