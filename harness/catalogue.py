@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from harness import yamlfile
-from harness.arches import ARCHES
+from harness.arches import ALIASES, ARCHES
 from harness.errors import (
     ConfigError,
     Problem,
@@ -228,12 +228,15 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
     )
     for arch in arches:
         if arch not in ARCHES:
+            hint = f"; did you mean {ALIASES[arch]!r}?" if arch in ALIASES else ""
             problems.add(
-                f"{where}.arch", f"{arch!r} is not a known arch (known: {known})"
+                f"{where}.arch", f"{arch!r} is not a known arch (known: {known}){hint}"
             )
     default = raw.get("default", False)
     if not isinstance(default, bool):
-        problems.add(f"{where}.default", "must be true or false")
+        problems.add(f"{where}.default", f"{default!r} is not true or false")
+    if not isinstance(raw.get("description", ""), str):
+        problems.add(f"{where}.description", "must be text (a string)")
 
     if source == "debian":
         fields = _debian(raw, where, problems)

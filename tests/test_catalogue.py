@@ -84,7 +84,8 @@ kernels:
     assert [str(p) for p in caught.value.problems] == [
         f"{path}: kernels[0].series: duplicate key on line 6 (first on line 3): "
         "YAML would keep only the last; remove or rename one",
-        f"{path}: kernels.6.1.arch: 'amd64' is not a known arch (known: x86_64, arm64)",
+        f"{path}: kernels.6.1.arch: 'amd64' is not a known arch (known: x86_64, "
+        "arm64); did you mean 'x86_64'?",
     ]
 
 
