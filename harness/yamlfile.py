@@ -30,7 +30,7 @@ class SourceFloat(float):
 
 
 class StrictLoader(_BASE):  # type: ignore[valid-type, misc]
-    """A safe loader whose floats keep their source text."""
+    """The safe loader for every harness file: floats keep their source text."""
 
 
 def _float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
