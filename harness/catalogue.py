@@ -6,11 +6,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import yaml
-
-from harness.arches import ARCHES
-from harness.errors import ConfigError, Problem
+from harness import yamlfile
+from harness.arches import ALIASES, ARCHES
+from harness.errors import (
+    ConfigError,
+    Problem,
+    Problems,
+    did_you_mean,
+    unknown_key_message,
+)
 
 SOURCES = {
     "debian": {"required": {"series", "suites"}, "optional": set()},
@@ -18,6 +24,10 @@ SOURCES = {
     "url": {"required": {"url", "sha256"}, "optional": set()},
 }
 COMMON = {"name", "source", "arch", "default", "description"}
+# Kernels by URL are fetched with the same HTTP client as the archive.
+HTTP = ("http", "https")
+# `6.1`: every 6.1.x; `7.x`: the newest 7.* release.
+SERIES = re.compile(r"\d+\.(\d+|x)")
 
 
 @dataclass(frozen=True)
@@ -70,155 +80,216 @@ class Catalogue:
         return [self.get(n) for n in wanted]
 
 
-def _str_list(value: Any, where: str, problems: list[Problem], file: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    problems.append(Problem(file, where, "must be a string or a list of strings"))
-    return []
+def _str_list(value: Any, where: str, problems: Problems, empty: str) -> list[str]:
+    """A string or a non-empty list of them; `empty` is the fix for `[]`."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        problems.add(where, f"empty list; {empty}")
+    for item in items:
+        if yamlfile.is_number(item):
+            problems.add(where, yamlfile.quote_hint(item))
+        elif not isinstance(item, str):
+            problems.add(where, f"{item!r} is not a string; give a string or a list")
+    return [item for item in items if isinstance(item, str)]
 
 
-def _entry(
-    raw: Any, index: int, file: str, base: Path, problems: list[Problem]
-) -> KernelSpec | None:
-    where = f"kernels[{index}]"
-    if not isinstance(raw, dict):
-        problems.append(
-            Problem(file, where, "must be a mapping with name, source, arch")
-        )
-        return None
-    name = raw.get("name")
-    if isinstance(name, (int, float)):
-        name = str(name)
-    if not isinstance(name, str) or not name:
-        problems.append(
-            Problem(file, f"{where}.name", "missing; give the entry a name")
-        )
-        name = f"#{index}"
+def _text(value: Any, where: str, problems: Problems, what: str) -> str:
+    """A name or version; a number is refused with the quoted form to write."""
+    if isinstance(value, str) and value:
+        return value
+    if yamlfile.is_number(value):
+        # YAML reads 6.10 as the number 6.1: turning it back into text would
+        # silently name another kernel.
+        problems.add(where, yamlfile.quote_hint(value))
     else:
-        where = f"kernels.{name}"
-    source = raw.get("source", "debian")
-    if source not in SOURCES:
-        known = ", ".join(SOURCES)
-        problems.append(
-            Problem(
-                file,
-                f"{where}.source",
-                f"{source!r} is not a known source (known: {known})",
+        problems.add(where, f"{value!r} is not {what}; write it as a quoted string")
+    return ""
+
+
+def _series(value: Any, where: str, problems: Problems) -> str:
+    series = _text(value, where, problems, "a series")
+    if series and not SERIES.fullmatch(series):
+        problems.add(
+            where, f"{series!r} is not a series; write one like '6.1' or '7.x'"
+        )
+    return series
+
+
+def _debian(raw: dict[str, Any], where: str, problems: Problems) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if "series" in raw:
+        found["series"] = _series(raw["series"], f"{where}.series", problems)
+    if "suites" in raw:
+        found["suites"] = tuple(
+            _str_list(
+                raw["suites"],
+                f"{where}.suites",
+                problems,
+                "list the suites to look in, e.g. [bookworm, bookworm-updates]",
             )
         )
-        return None
-    allowed = COMMON | SOURCES[source]["required"] | SOURCES[source]["optional"]
-    listed = ", ".join(sorted(allowed))
-    for key in raw:
-        if key not in allowed:
-            problems.append(
-                Problem(
-                    file,
-                    f"{where}.{key}",
-                    f"unknown key for source {source!r} (allowed: {listed})",
-                )
-            )
-    for key in sorted(SOURCES[source]["required"] - raw.keys()):
-        problems.append(
-            Problem(file, f"{where}.{key}", f"required for source {source!r}")
+    return found
+
+
+def _local(
+    raw: dict[str, Any], where: str, base: Path, problems: Problems
+) -> dict[str, Any]:
+    if not ({"image", "debs"} & raw.keys()):
+        problems.add(
+            where, "a local kernel needs `image:` (with `modules:`) or `debs:`"
         )
-    arches = _str_list(raw.get("arch", list(ARCHES)), f"{where}.arch", problems, file)
-    for arch in arches:
-        if arch not in ARCHES:
-            problems.append(
-                Problem(
-                    file,
-                    f"{where}.arch",
-                    f"{arch!r} is not a known arch (known: {', '.join(ARCHES)})",
-                )
-            )
-    if source == "local" and not ({"image", "debs"} & raw.keys()):
-        problems.append(
-            Problem(
-                file,
-                where,
-                "a local kernel needs `image:` (with `modules:`) or `debs:`",
-            )
+    found: dict[str, Any] = {}
+    for key, kind in (("image", "file"), ("modules", "directory")):
+        if key in raw:
+            found[key] = _existing(raw[key], f"{where}.{key}", base, kind, problems)
+    if "debs" in raw:
+        debs = _str_list(raw["debs"], f"{where}.debs", problems, "list the .deb files")
+        found["debs"] = tuple(
+            _existing(d, f"{where}.debs", base, "file", problems) for d in debs
         )
-    sha = raw.get("sha256", "")
-    if source == "url" and not (
+    return found
+
+
+def _existing(
+    value: Any, where: str, base: Path, kind: str, problems: Problems
+) -> Path:
+    """A local kernel's file or directory, relative to the catalogue's directory.
+
+    Checked now rather than at boot, where a typo would surface only after the
+    rest of the matrix has been fetched.
+    """
+    if not isinstance(value, str) or not value:
+        problems.add(where, f"{value!r} is not a path; give the {kind} as a string")
+        return base
+    path = (base / value).resolve()
+    exists = path.is_file() if kind == "file" else path.is_dir()
+    if not exists:
+        relative = "" if Path(value).is_absolute() else f" ({value!r} from {base})"
+        problems.add(
+            where, f"{path}{relative} is not a {kind}; correct the path or build it"
+        )
+    return path
+
+
+def _url(raw: dict[str, Any], where: str, problems: Problems) -> dict[str, Any]:
+    url, sha = raw.get("url", ""), raw.get("sha256", "")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if "url" in raw and not (parts and parts.scheme in HTTP and parts.netloc):
+        problems.add(
+            f"{where}.url",
+            f"{url!r} is not an http:// or https:// URL; give the address of the "
+            "kernel .deb",
+        )
+    if "sha256" in raw and not (
         isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)
     ):
-        hint = " (quote it: YAML read it as a number)" if isinstance(sha, int) else ""
-        problems.append(
-            Problem(
-                file,
-                f"{where}.sha256",
-                f"must be the 64 hex digits of the file's SHA-256{hint}",
-            )
+        if yamlfile.is_number(sha):
+            hint = "YAML read it as a number: quote it"
+        else:
+            hint = "give the file's SHA-256 (sha256sum prints it)"
+        problems.add(f"{where}.sha256", f"{sha!r} is not 64 hex digits; {hint}")
+    return {"url": str(url), "sha256": str(sha).lower()}
+
+
+def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec | None:
+    where = f"kernels[{index}]"
+    if not isinstance(raw, dict):
+        problems.add(where, "must be a mapping with name, source, arch")
+        return None
+    if "name" in raw:
+        name = _text(raw["name"], f"{where}.name", problems, "a name")
+    else:
+        problems.add(f"{where}.name", "missing; give the entry a name, quoted: '6.1'")
+        name = ""
+    where = f"kernels.{name}" if name else where
+    source = raw.get("source", "debian")
+    if source not in SOURCES:
+        hint = did_you_mean(source, SOURCES)
+        known = ", ".join(SOURCES)
+        problems.add(
+            f"{where}.source",
+            f"{source!r} is not a known source{hint} (known: {known})",
         )
-    sha = str(sha)
+        return None
+
+    allowed = COMMON | SOURCES[source]["required"] | SOURCES[source]["optional"]
+    for key in raw:
+        if key not in allowed:
+            what = f"key for source {source!r}"
+            problems.add(f"{where}.{key}", unknown_key_message(key, allowed, what))
+    for key in sorted(SOURCES[source]["required"] - raw.keys()):
+        problems.add(f"{where}.{key}", f"required for source {source!r}")
+    known = ", ".join(ARCHES)
+    arches = _str_list(
+        raw.get("arch", list(ARCHES)),
+        f"{where}.arch",
+        problems,
+        f"list the arches to boot it on ({known}), or leave `arch:` out for all",
+    )
+    for arch in arches:
+        if arch not in ARCHES:
+            hint = f"; did you mean {ALIASES[arch]!r}?" if arch in ALIASES else ""
+            problems.add(
+                f"{where}.arch", f"{arch!r} is not a known arch (known: {known}){hint}"
+            )
     default = raw.get("default", False)
     if not isinstance(default, bool):
-        problems.append(Problem(file, f"{where}.default", "must be true or false"))
+        problems.add(f"{where}.default", f"{default!r} is not true or false")
+    if not isinstance(raw.get("description", ""), str):
+        problems.add(f"{where}.description", "must be text (a string)")
 
-    def path(key: str) -> Path | None:
-        value = raw.get(key)
-        return (base / str(value)).resolve() if value else None
-
+    if source == "debian":
+        fields = _debian(raw, where, problems)
+    elif source == "local":
+        fields = _local(raw, where, base, problems)
+    else:
+        fields = _url(raw, where, problems)
     return KernelSpec(
-        name=name,
+        name=name or f"#{index}",
         source=source,
         arches=tuple(arches),
         default=bool(default),
-        series=str(raw.get("series", "")),
-        suites=tuple(
-            _str_list(raw.get("suites", []), f"{where}.suites", problems, file)
-        ),
-        image=path("image"),
-        modules=path("modules"),
-        debs=tuple(
-            (base / d).resolve()
-            for d in _str_list(raw.get("debs", []), f"{where}.debs", problems, file)
-        ),
-        url=str(raw.get("url", "")),
-        sha256=sha.lower(),
+        **fields,
     )
 
 
 def load(path: Path) -> Catalogue:
     """Load and validate `kernels.yaml`; one error lists every problem found."""
     file = str(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise ConfigError(
             [Problem(file, "", "not found; pass --catalogue or create kernels.yaml")]
-        ) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([Problem(file, "", f"not valid YAML: {e}")]) from e
-    if not isinstance(data, dict) or not isinstance(data.get("kernels"), list):
-        raise ConfigError(
-            [Problem(file, "kernels", "the file must have a top-level `kernels:` list")]
         )
-    problems = [
-        Problem(file, key, "unknown top-level key (allowed: kernels)")
-        for key in data
-        if key != "kernels"
-    ]
+    problems = Problems(file)
+    data = yamlfile.read(path, problems, "a top-level `kernels:` list")
+    entries = data.get("kernels") if isinstance(data, dict) else None
+    if isinstance(data, dict) and entries in (None, []):
+        problems.add("kernels", "no kernels: add at least one entry under `kernels:`")
+        entries = []
+    if not isinstance(entries, list):
+        if isinstance(data, dict):
+            problems.add(
+                "kernels", f"must be a list of entries (- name: ...), not {entries!r}"
+            )
+        elif data is not None:
+            problems.add(
+                "", "the file must be a mapping with a top-level `kernels:` list"
+            )
+        raise ConfigError(problems.items)
+    for key in data:
+        if key != "kernels":
+            problems.add(key, unknown_key_message(key, ["kernels"]))
     specs: list[KernelSpec] = []
     seen: set[str] = set()
-    for index, raw in enumerate(data["kernels"]):
-        spec = _entry(raw, index, file, path.parent, problems)
+    for index, raw in enumerate(entries):
+        spec = _entry(raw, index, path.parent.resolve(), problems)
         if spec is None:
             continue
         if spec.name in seen:
-            problems.append(
-                Problem(
-                    file, f"kernels.{spec.name}", "duplicate name; names must be unique"
-                )
-            )
+            problems.add(f"kernels.{spec.name}", "duplicate name; names must be unique")
         seen.add(spec.name)
         specs.append(spec)
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
     return Catalogue(path=path, kernels=tuple(specs))
 
 

@@ -26,7 +26,8 @@ from debian.deb822 import Deb822, Release
 from debian.debian_support import Version
 
 from harness.cache import Cache, sha256_file
-from harness.errors import FetchError, IntegrityError
+from harness.errors import FetchError, IntegrityError, UnreachableError
+from harness.settings import MIRROR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,20 @@ def download(
                     f.write(chunk)
                     done += len(chunk)
                     progress(label or url, done, total)
+    except requests.ConnectionError as e:
+        raise UnreachableError(f"cannot reach {url}: {e}") from e
     except requests.RequestException as e:
         raise FetchError(f"cannot download {url}: {e}") from e
+
+
+def unreachable(mirror: str, suites: Iterable[str]) -> str:
+    """The headline for a mirror that cannot be reached, with the setting to change."""
+    return (
+        f"cannot reach the Debian mirror {mirror} and no index of "
+        f"{', '.join(suites)} is cached: set ${MIRROR_ENV} (or `debian_mirror` "
+        "under [tool.harness] in pyproject.toml) to a mirror this host can reach, "
+        "or fix its proxy settings"
+    )
 
 
 class Archive:
@@ -124,26 +137,35 @@ class Archive:
         if not fresh:
             try:
                 self._refresh(entry, suite)
-            except FetchError as e:
+            except UnreachableError as e:
                 if not entry.is_file():
-                    raise
+                    raise UnreachableError(
+                        f"{unreachable(self.mirror, [suite])}\n{e}"
+                    ) from e
                 log.warning(
                     "mirror unreachable; using cached index of %s: %s", suite, e
                 )
+            except FetchError as e:
+                if not entry.is_file():
+                    raise
+                log.warning("cannot refresh; using cached index of %s: %s", suite, e)
         return Release(self._verified_release(entry))
 
     def _refresh(self, entry: Path, suite: str) -> None:
         url = f"{self.mirror}/dists/{suite}/InRelease"
-        with self.cache.lock(entry):
-            fd, name = tempfile.mkstemp(dir=entry.parent, prefix=".InRelease.")
-            os.close(fd)
-            tmp = Path(name)
-            try:
-                self.download(url, tmp, f"{suite} index")
-                self._verified_release(tmp)
-                tmp.replace(entry)
-            finally:
-                tmp.unlink(missing_ok=True)
+        # Fetched into the cache root and moved into place only once verified:
+        # a mirror that cannot be reached leaves no directory and no lock
+        # behind. Two workers refreshing at once each replace it atomically.
+        fd, name = tempfile.mkstemp(dir=self.cache.root, prefix=f".InRelease-{suite}.")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            self.download(url, tmp, f"{suite} index")
+            self._verified_release(tmp)
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp.replace(entry)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def packages(
         self, suite: str, debarch: str, component: str = "main"

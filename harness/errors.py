@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import difflib
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 class HarnessError(Exception):
@@ -27,14 +29,61 @@ class ConfigError(HarnessError):
     """Invalid configuration; carries every problem found, not just the first."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = list(problems)
+        # The same file reached twice (one policy under two scenarios) reports
+        # the same problem twice; once is enough, in the order first seen.
+        self.problems = list(dict.fromkeys(problems))
         lines = [str(p) for p in self.problems]
         head = f"{len(lines)} problem(s) in configuration:" if len(lines) > 1 else ""
         super().__init__("\n".join([head, *lines]) if head else lines[0])
 
 
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """`; did you mean 'timeout'?` when one of `choices` is close to `name`."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_key_message(
+    name: object, allowed: Collection[str], what: str = "key"
+) -> str:
+    """`unknown key; did you mean 'timeout'? (allowed: ...)`."""
+    choices = sorted(allowed)
+    hint = did_you_mean(name, choices)
+    return f"unknown {what}{hint} (allowed: {', '.join(choices)})"
+
+
+@dataclass
+class Problems:
+    """The problems found in one file so far, raised together at the end."""
+
+    file: str
+    items: list[Problem] = field(default_factory=list)
+
+    def add(self, key: str, message: str) -> None:
+        """Record that `key` is wrong and why."""
+        self.items.append(Problem(self.file, key, message))
+
+    def unknown_keys(
+        self, raw: Mapping[Any, Any], key: str, allowed: Collection[str]
+    ) -> None:
+        """Record every key of `raw` not in `allowed`, suggesting the closest."""
+        for name in raw:
+            if name not in allowed:
+                where = f"{key}.{name}" if key else str(name)
+                self.add(where, unknown_key_message(name, allowed))
+
+    def raise_if_any(self) -> None:
+        """Raise one ConfigError listing every problem, if there is any."""
+        if self.items:
+            raise ConfigError(self.items)
+
+
 class FetchError(HarnessError):
     """A download, an archive index or a cached artefact could not be obtained."""
+
+
+class UnreachableError(FetchError):
+    """A server could not be reached at all: refused, no route, no name, proxy."""
 
 
 class IntegrityError(FetchError):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from harness.errors import ConfigError, Problem
+# Problems is re-exported: steps and tests import it from here.
+from harness.errors import Problems as Problems
+from harness.errors import unknown_key_message
 from harness.events import ARG_KINDS
 from harness.matching import (
     ArgMatch,
@@ -68,6 +70,16 @@ STRUCT_ALIASES = {
     "module": "module_arg",
     "net_dev": "net_dev_arg",
 }
+# Members of structured arguments as Tetragon's events name them (Tetragon
+# leaves out those that are zero). Kinds not listed are matched unchecked.
+STRUCT_MEMBERS = {
+    "sock_arg": frozenset(
+        {"family", "type", "protocol", "mark", "priority", "saddr", "daddr"}
+        | {"sport", "dport", "cookie", "state"}
+    ),
+    "sockaddr_arg": frozenset({"family", "addr", "port"}),
+    "syscall_id": frozenset({"id", "abi"}),
+}
 ARG_STR = ("string", "path", "permission", "bytes", "hex")
 # A hex test's operands: whole bytes, two digits each, spaces anywhere.
 HEX_OPERAND = re.compile(r"(?:[0-9a-f]{2})*")
@@ -75,33 +87,6 @@ ARG_KEYS = frozenset({"kind", "int", "fields", *ARG_STR, *STRUCT_ALIASES})
 SYSCALL_NAME = re.compile(r"[a-z0-9_]+")
 
 T = TypeVar("T")
-
-
-@dataclass
-class Problems:
-    """The problems found in one file so far, raised together at the end."""
-
-    file: str
-    items: list[Problem] = field(default_factory=list)
-
-    def add(self, key: str, message: str) -> None:
-        """Record that `key` is wrong and why."""
-        self.items.append(Problem(self.file, key, message))
-
-    def unknown_keys(
-        self, raw: Mapping[str, Any], key: str, allowed: Collection[str]
-    ) -> None:
-        """Record every key of `raw` not in `allowed`, listing the allowed ones."""
-        listed = ", ".join(sorted(allowed))
-        for name in raw:
-            if name not in allowed:
-                where = f"{key}.{name}" if key else str(name)
-                self.add(where, f"unknown key (allowed: {listed})")
-
-    def raise_if_any(self) -> None:
-        """Raise one ConfigError listing every problem, if there is any."""
-        if self.items:
-            raise ConfigError(self.items)
 
 
 def parse_optional(
@@ -200,13 +185,18 @@ def parse_hex(value: Any, key: str, problems: Problems) -> StrMatch | None:
 
 
 def _struct_fields(
-    value: Any, key: str, problems: Problems
+    value: Any, key: str, problems: Problems, kind: str | None
 ) -> tuple[tuple[str, FieldMatch], ...]:
     if not isinstance(value, Mapping) or not value:
         problems.add(key, "must be a mapping of member name to value")
         return ()
+    members = STRUCT_MEMBERS.get(kind or "")
     found = []
     for name, raw in value.items():
+        if members is not None and name not in members:
+            what = f"member of {kind}"
+            problems.add(f"{key}.{name}", unknown_key_message(name, members, what))
+            continue
         matcher = parse_field(raw, f"{key}.{name}", problems)
         if matcher is not None:
             found.append((str(name), matcher))
@@ -243,9 +233,10 @@ def parse_arg(value: Any, key: str, problems: Problems) -> ArgMatch | None:
     fields: tuple[tuple[str, FieldMatch], ...] = ()
     if structs:
         kind = STRUCT_ALIASES[structs[0]]
-        fields = _struct_fields(value[structs[0]], f"{key}.{structs[0]}", problems)
+        where = f"{key}.{structs[0]}"
+        fields = _struct_fields(value[structs[0]], where, problems, kind)
     elif "fields" in value:
-        fields = _struct_fields(value["fields"], f"{key}.fields", problems)
+        fields = _struct_fields(value["fields"], f"{key}.fields", problems, kind)
     return ArgMatch(
         kind=kind,
         int=parse_optional(value, "int", key, problems, parse_num),

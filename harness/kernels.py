@@ -16,8 +16,8 @@ from debian.debian_support import Version
 from harness.arches import get_arch
 from harness.cache import Cache, sha256_file
 from harness.catalogue import KernelSpec
-from harness.debian import Archive, Package, newest
-from harness.errors import FetchError, HarnessError, IntegrityError
+from harness.debian import Archive, Package, newest, unreachable
+from harness.errors import FetchError, HarnessError, IntegrityError, UnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,25 @@ def resolve(spec: KernelSpec, arch: str, archive: Archive) -> list[Package]:
     debarch = get_arch(arch).debian
     image = re.compile(rf"^linux-image-(?P<abi>.+)-cloud-{debarch}$")
     found: list[tuple[Package, list[Package]]] = []
-    errors = []
+    errors: list[FetchError] = []
     for suite in spec.suites:
         try:
             index = archive.packages(suite, debarch)
         except FetchError as e:
-            errors.append(str(e))
+            errors.append(e)
             continue
         for package in index:
             if image.match(package.name) and in_series(package.version, spec.series):
                 found.append((package, index))
+    offline = [e for e in errors if isinstance(e, UnreachableError)]
+    if offline and len(offline) == len(spec.suites):
+        causes = "\n".join(str(e.__cause__ or e) for e in offline)
+        raise UnreachableError(
+            f"kernels.{spec.name}: {unreachable(archive.mirror, spec.suites)}\n{causes}"
+        )
     best = newest(p for p, _ in found)
     if best is None:
-        detail = "\n".join(errors)
+        detail = "\n".join(str(e) for e in errors)
         raise FetchError(
             f"kernels.{spec.name}: no cloud kernel of series {spec.series} for "
             f"{debarch} in suites {', '.join(spec.suites)} of {archive.mirror}"

@@ -14,12 +14,13 @@ agent of the recorded runs, whose loader rejects unknown fields.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness import yamlfile
 from harness.policyschema import (
     ABI_PREFIXES,
     ACTIONS,
@@ -34,9 +35,6 @@ from harness.policyschema import (
     PolicyFinding,
     Reader,
 )
-
-# libyaml's loader parses the corpus ten times faster than the pure-Python one.
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -549,15 +547,23 @@ def parse_document(data: Any, path: Path, document: int = 0) -> Policy | None:
 def load(path: Path) -> list[Policy]:
     """Every TracingPolicy document of a file (a stub with findings if it is broken)."""
     try:
-        documents = list(yaml.load_all(path.read_text(), Loader=SAFE_LOADER))
+        documents = yamlfile.documents(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         reason = " ".join(str(e).split())
         finding = PolicyFinding(
             path, 0, "(file)", "error", "yaml", f"cannot read: {reason}"
         )
         return [Policy(path, 0, "", "", findings=(finding,))]
-    policies = [parse_document(d, path, i) for i, d in enumerate(documents)]
-    found = [p for p in policies if p is not None]
+    found = []
+    for index, document in enumerate(documents):
+        policy = parse_document(document.data, path, index)
+        if policy is None:
+            continue
+        repeated = tuple(
+            PolicyFinding(path, index, d.key, "error", "duplicate-key", d.message)
+            for d in document.duplicates
+        )
+        found.append(replace(policy, findings=repeated + policy.findings))
     if not found:
         finding = PolicyFinding(
             path,

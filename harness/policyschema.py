@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.errors import did_you_mean
+
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
 
@@ -136,9 +138,10 @@ class Reader:
             return {}
         for key in value:
             if key not in KEYS[keys]:
+                hint = did_you_mean(key, sorted(KEYS[keys]))
                 self.add(
                     f"{where}.{key}",
-                    f"unknown field {key!r}: Tetragon rejects the policy",
+                    f"unknown field {key!r}: Tetragon rejects the policy{hint}",
                     "unknown-field",
                 )
         return value

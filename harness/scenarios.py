@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from harness import yamlfile
 from harness.arches import ALIASES, ARCHES
-from harness.errors import ConfigError, Problem
-from harness.expectations import Problems, parse_expectation, parse_optional
+from harness.errors import ConfigError, Problem, Problems
+from harness.expectations import parse_expectation, parse_optional
 from harness.loaderrors import LoadErrorKind
 from harness.matching import Expectation
 from harness.steps import Step, parse_steps, render_script
@@ -48,42 +47,16 @@ AGENT_MODES = ("tetragon", "none")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 MODULE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_TIMEOUT = 30.0
+NO_EXPECT = "required: the events the workload must cause"
+# A case that only forbids events passes while its policy is silent (not
+# loaded, hook gone on this kernel): the control proves it is live.
+NO_CONTROL = (
+    "required with `expect_not:`: add a control step the policy reports and "
+    "expect its event here with an exact count (docs/scenarios.md, the starter "
+    "library: a negative case carries a control)"
+)
 POLICY_KINDS = ("TracingPolicy", "TracingPolicyNamespaced")
 SYSCALL_PREFIXES = tuple(a.syscall_prefix for a in ARCHES.values())
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
-
-
-def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = loader.construct_object(value_node, deep=True)
-    return seen
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _mapping,
-)
-
-
-def read_yaml(path: Path, problems: Problems) -> Any:
-    """A YAML file's data, or None with the reason recorded in `problems`."""
-    try:
-        return yaml.load(path.read_text(), Loader=_StrictLoader)
-    except FileNotFoundError:
-        problems.add("", "file not found")
-    except yaml.YAMLError as e:
-        problems.add("", f"not valid YAML: {e}")
-    return None
 
 
 # -- conditions ----------------------------------------------------------------
@@ -203,27 +176,60 @@ def evaluate(conditions: Iterable[Condition], facts: KernelFacts) -> Verdict:
     return Verdict("run")
 
 
-def _strings(value: Any, key: str, problems: Problems) -> tuple[str, ...]:
+# What each string fact names, for messages.
+FACT_WORDS = {
+    "kernel": "a catalogue name such as '6.1'",
+    "arch": f"an arch ({', '.join(ARCHES)})",
+    "lsm": "an LSM name such as bpf",
+    "config": "a kernel option such as CONFIG_FPROBE",
+    "agent": f"an agent mode ({', '.join(AGENT_MODES)})",
+}
+
+
+def _yaml_kind(value: Any) -> str:
+    """`[1] (a list)`: a value of the wrong type, as the user can recognise it."""
+    if value is None:
+        return "nothing (null)"
+    text = yamlfile.as_written(value)
+    if isinstance(value, bool):
+        return f"{text} (a boolean to YAML, as are yes, no, on and off)"
+    if isinstance(value, (int, float)):
+        return f"{text} (a number)"
+    if isinstance(value, str):
+        return f"{value!r} (empty)" if not value else repr(value)
+    return f"{value!r} (a {'mapping' if isinstance(value, Mapping) else 'list'})"
+
+
+def _strings(value: Any, name: str, key: str, problems: Problems) -> tuple[str, ...]:
+    """The fact `name`: one string or a non-empty list of them."""
+    what = FACT_WORDS[name]
     items = value if isinstance(value, list) else [value]
+    if not items:
+        problems.add(key, f"empty list; give at least one: {what}")
     out = []
     for item in items:
-        if isinstance(item, float):
-            # YAML reads 6.10 as the number 6.1: kernel names must be quoted.
-            problems.add(key, f'{item!r} is a number; quote it: "{item}"')
-        elif isinstance(item, (str, int)) and not isinstance(item, bool):
-            out.append(str(item))
+        if isinstance(item, str) and item:
+            out.append(item)
+        elif name == "kernel" and yamlfile.is_number(item):
+            # YAML reads 6.10 as the number 6.1: catalogue names must be quoted.
+            problems.add(key, yamlfile.quote_hint(item))
         else:
-            problems.add(key, "must be a string or a list of strings")
+            problems.add(key, f"{_yaml_kind(item)} is not a string; expected {what}")
     return tuple(out)
 
 
 def _version(value: Any, key: str, problems: Problems) -> tuple[int, ...]:
-    if isinstance(value, float):
-        problems.add(key, f"{value!r} is a number (6.10 would read as 6.1); quote it")
+    if yamlfile.is_number(value):
+        problems.add(key, yamlfile.quote_hint(value))
         return ()
     parsed = version_tuple(value) if isinstance(value, str) else ()
     if not parsed:
-        problems.add(key, f'{value!r} is not a version such as "6.1"')
+        text = repr(value) if isinstance(value, str) else _yaml_kind(value)
+        problems.add(
+            key,
+            f"{text} is not a version; give one such as '6.1', "
+            "or a range {min: '5.15', max: '6.1'}",
+        )
     return parsed
 
 
@@ -248,7 +254,12 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
         problems.add(key, f"must be a mapping of {', '.join(FACT_KEYS)}")
         return None
     problems.unknown_keys(value, key, FACT_KEYS)
-    arches = _strings(value.get("arch", []), f"{key}.arch", problems)
+    given = {
+        name: _strings(value[name], name, f"{key}.{name}", problems)
+        for name in FACT_WORDS
+        if name in value
+    }
+    arches = given.get("arch", ())
     for arch in arches:
         if arch not in ARCHES:
             hint = f" (did you mean {ALIASES[arch]}?)" if arch in ALIASES else ""
@@ -256,11 +267,11 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
             problems.add(
                 f"{key}.arch", f"{arch!r} is not an arch{hint}; known: {known}"
             )
-    configs = _strings(value.get("config", []), f"{key}.config", problems)
+    configs = given.get("config", ())
     for option in configs:
         if not option.startswith("CONFIG_"):
             problems.add(f"{key}.config", f"{option!r}: write CONFIG_{option}")
-    agents = _strings(value.get("agent", []), f"{key}.agent", problems)
+    agents = given.get("agent", ())
     for agent in agents:
         if agent not in AGENT_MODES:
             known = ", ".join(AGENT_MODES)
@@ -271,11 +282,11 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
         else ((), ())
     )
     return Facts(
-        kernels=_strings(value.get("kernel", []), f"{key}.kernel", problems),
+        kernels=given.get("kernel", ()),
         arches=arches,
         min_version=low,
         max_version=high,
-        lsms=_strings(value.get("lsm", []), f"{key}.lsm", problems),
+        lsms=given.get("lsm", ()),
         configs=configs,
         agents=agents,
     )
@@ -352,7 +363,7 @@ def _portability(data: Mapping[str, Any], file: str, out: list[Problem]) -> None
 def load_policy(path: Path, problems: Problems, lenient: bool = False) -> Policy:
     """Read a policy's name; `lenient` when the policy is expected not to load."""
     own = Problems(str(path))
-    data = read_yaml(path, own)
+    data = yamlfile.read(path, own, "a TracingPolicy")
     name = path.stem
     if isinstance(data, Mapping):
         meta = data.get("metadata")
@@ -415,16 +426,31 @@ class Scenario:
 
 
 def _expectations(
-    value: Any, key: str, problems: Problems, absent: bool, policies: Sequence[str]
+    raw: Mapping[str, Any],
+    name: Literal["expect", "expect_not"],
+    case: str,
+    problems: Problems,
+    policies: Sequence[str],
 ) -> tuple[Expectation, ...]:
+    """The case's `expect:` or `expect_not:` list; () when it is left out."""
+    if name not in raw:
+        return ()
+    value, key, absent = raw[name], f"{case}.{name}", name == "expect_not"
     if not isinstance(value, list):
         problems.add(key, "must be a list of expected events")
         return ()
+    if not value:
+        fix = (
+            "list the events that must not appear, or leave it out"
+            if absent
+            else "list the events the workload must cause"
+        )
+        problems.add(key, f"empty list; {fix}")
     parsed = [
         parse_expectation(
-            raw, f"{key}[{i}]", problems, absent=absent, policies=policies
+            item, f"{key}[{i}]", problems, absent=absent, policies=policies
         )
-        for i, raw in enumerate(value)
+        for i, item in enumerate(value)
     ]
     return tuple(p for p in parsed if p is not None)
 
@@ -449,8 +475,8 @@ def parse_case(
     problems.unknown_keys(raw, key, CASE_KEYS)
     if "steps" not in raw:
         problems.add(f"{key}.steps", "required: the workload that causes the events")
-    if "expect" not in raw and "expect_not" not in raw:
-        problems.add(key, "a case must have `expect:` or `expect_not:` (or both)")
+    if "expect" not in raw:
+        problems.add(f"{key}.expect", NO_CONTROL if "expect_not" in raw else NO_EXPECT)
     ordered = raw.get("ordered", False)
     if not isinstance(ordered, bool):
         problems.add(f"{key}.ordered", "must be true or false")
@@ -461,12 +487,8 @@ def parse_case(
         name=name,
         description=str(description),
         steps=parse_optional(raw, "steps", key, problems, parse_steps) or (),
-        expect=_expectations(
-            raw.get("expect", []), f"{key}.expect", problems, False, policies
-        ),
-        expect_not=_expectations(
-            raw.get("expect_not", []), f"{key}.expect_not", problems, True, policies
-        ),
+        expect=_expectations(raw, "expect", key, problems, policies),
+        expect_not=_expectations(raw, "expect_not", key, problems, policies),
         ordered=bool(ordered),
         timeout=_timeout(
             raw.get("timeout", DEFAULT_TIMEOUT), f"{key}.timeout", problems
@@ -537,12 +559,23 @@ def parse_scenario(
     policies = _policies(
         data.get("policies", []), policies_dir, problems, expected is not None
     )
-    cases_raw = data.get("cases", {})
-    if not isinstance(cases_raw, Mapping) or (not cases_raw and expected is None):
-        problems.add("cases", "must be a mapping of case name to case")
+    cases_raw = data.get("cases") or {}
+    if not isinstance(cases_raw, Mapping):
+        problems.add("cases", f"{cases_raw!r} is not a mapping of case name to case")
         cases_raw = {}
+    elif not cases_raw and expected is None:
+        problems.add("cases", "no cases: add at least one case under `cases:`")
     names = [p.name for p in policies]
-    cases = [parse_case(str(n), raw, problems, names) for n, raw in cases_raw.items()]
+    for name in cases_raw:
+        if yamlfile.is_number(name):
+            # A case named 6.10 would silently become case 6.1.
+            problems.add(
+                f"cases.{yamlfile.as_written(name)}", yamlfile.quote_hint(name)
+            )
+    cases = [
+        parse_case(yamlfile.as_written(n), raw, problems, names)
+        for n, raw in cases_raw.items()
+    ]
     description = data.get("description", "")
     if not isinstance(description, str):
         problems.add("description", "must be a string")
@@ -576,7 +609,7 @@ def load_scenarios(
     scenarios = []
     for file in files:
         own = Problems(str(file))
-        data = read_yaml(file, own)
+        data = yamlfile.read(file, own, "`policies:` and `cases:`")
         base = policies_dir or find_policies_dir(file)
         scenario = parse_scenario(file, data, own, base) if data is not None else None
         problems += own.items

@@ -560,8 +560,12 @@ def parse_step(raw: Any, key: str, problems: Problems) -> Step | None:
     code = raw.get("exit", None if udp else 0)
     if code == "any":
         code = None
-    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
-        problems.add(f"{key}.exit", "must be an exit status (0-255) or `any`")
+    if code is not None and (
+        isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255
+    ):
+        problems.add(
+            f"{key}.exit", f"{code!r} is not an exit status; give 0-255 or `any`"
+        )
         code = 0
     return Step(action, user, namespaces, code)
 

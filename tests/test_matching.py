@@ -362,3 +362,28 @@ def test_hex_operands_must_be_whole_bytes() -> None:
             "'zz' is not hex bytes (two digits each, e.g. 7f454c46)",
         ),
     ]
+
+
+def test_unknown_members_of_a_socket_suggest_the_closest() -> None:
+    problems = Problems("scenarios/x.yaml")
+    raw = {
+        "type": "kprobe",
+        "args": [
+            {"sock": {"family": "AF_INET", "dprt": 8080}},
+            {"kind": "sock", "fields": {"source": "127.0.0.1"}},
+            {"kind": "file", "fields": {"mount": "/"}},
+        ],
+    }
+
+    parse_expectation(raw, "cases.c.expect[0]", problems)
+
+    members = (
+        "cookie, daddr, dport, family, mark, priority, protocol, saddr, sport, "
+        "state, type"
+    )
+    assert [str(p) for p in problems.items] == [
+        "scenarios/x.yaml: cases.c.expect[0].args[0].sock.dprt: unknown member of "
+        f"sock_arg; did you mean 'dport'? (allowed: {members})",
+        "scenarios/x.yaml: cases.c.expect[0].args[1].fields.source: unknown member "
+        f"of sock_arg (allowed: {members})",
+    ]

@@ -118,12 +118,47 @@ def test_unknown_field_is_a_finding(shared_dir: Path) -> None:
     assert len(p.hooks) == 1
 
 
+def test_a_misspelt_field_gets_the_closest_name(tmp_path: Path) -> None:
+    path = tmp_path / "typo.yaml"
+    path.write_text(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: a}\n"
+        "spec: {kprobes: [{call: fd_install, syscall: false, retrun: true}]}\n"
+    )
+
+    (p,) = policy.load(path)
+
+    assert [f.message for f in p.findings] == [
+        "unknown field 'retrun': Tetragon rejects the policy; did you mean 'return'?"
+    ]
+
+
 def test_wrong_field_types_are_all_reported(shared_dir: Path) -> None:
     # The agent reports only the first (`index` of type uint32); all are here.
     (p,) = policy.load(recorded(shared_dir, "n07-bad-field-type"))
     wheres = sorted(f.where for f in p.findings if f.code == "type")
     assert "spec.kprobes[0].syscall" in wheres
     assert any(w.startswith("spec.kprobes[0].args[0].index") for w in wheres)
+
+
+def test_a_repeated_key_is_a_finding_with_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: a}\n"
+        "spec:\n  kprobes:\n  - call: fd_install\n    syscall: false\n"
+        "    call: security_file_open\n"
+    )
+
+    (p,) = policy.load(path)
+
+    assert [(f.severity, f.code, f.where, f.message) for f in p.findings] == [
+        (
+            "error",
+            "duplicate-key",
+            "spec.kprobes[0].call",
+            "duplicate key on line 8 (first on line 6): YAML would keep only the "
+            "last; remove or rename one",
+        )
+    ]
 
 
 def test_several_documents_and_foreign_kinds(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cache import Cache, sha256_file
+from harness.cache import CACHE_ENV, Cache, sha256_file
 from harness.catalogue import find_catalogue, load
 from harness.debian import Archive
+from harness.errors import UnreachableError
 from harness.kernels import Provisioner, resolve
 from harness.matrix import Matrix
 from harness.settings import debian_keyring, debian_mirror
@@ -69,6 +70,36 @@ def test_boot_works_with_the_mirror_unreachable(
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().startswith("6.1.")
     assert b"mirror unreachable; using cached index" in done.stderr
+
+
+def test_unreachable_mirror_with_an_empty_cache_says_so_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**offline_env(), CACHE_ENV: str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    mirror = debian_mirror()
+    provisioner = Provisioner(Cache(), archive_for(Cache()))
+    spec = load(ROOT / "kernels.yaml").get("6.1")
+
+    with pytest.raises(UnreachableError) as kernel:
+        provisioner.kernel(spec, "x86_64")
+    with pytest.raises(UnreachableError) as busybox:
+        provisioner.busybox("x86_64")
+
+    assert str(kernel.value).splitlines()[0] == (
+        f"kernels.6.1: cannot reach the Debian mirror {mirror} and no index of "
+        "bookworm, bookworm-updates is cached: set $HARNESS_DEBIAN_MIRROR (or "
+        "`debian_mirror` under [tool.harness] in pyproject.toml) to a mirror this "
+        "host can reach, or fix its proxy settings"
+    )
+    assert "127.0.0.1" in str(kernel.value)
+    assert str(busybox.value).startswith(
+        f"cannot reach the Debian mirror {mirror} and no index of bookworm is cached"
+    )
+    assert list(tmp_path.rglob("*")) == []
 
 
 def test_truncated_package_is_detected_and_fetched_again(private_cache: Cache) -> None:

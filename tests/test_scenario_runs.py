@@ -89,6 +89,16 @@ MISSING_HOOK = """
           - type: process_kprobe
             function: harness_no_such_function
 """
+# Only the agent reports process_exec: a firing check has no hook to probe.
+EXEC_ONLY = """
+    policies: [file-access-etc.yaml]
+    cases:
+      cat-started:
+        steps: [{read: /etc/passwd}]
+        expect:
+          - type: process_exec
+            process: /bin/cat
+"""
 MISSING_HOOK_POLICY = """
     apiVersion: cilium.io/v1alpha1
     kind: TracingPolicy
@@ -132,19 +142,23 @@ def test_malformed_scenario_fails_collection_listing_every_problem(
 
 @pytest.mark.boot
 def test_without_tetragon_scenarios_run_as_firing_checks(tmp_path: Path) -> None:
+    scenarios = {
+        "file-access.yaml": FILE_ACCESS,
+        "missing-hook.yaml": MISSING_HOOK,
+        "exec-only.yaml": EXEC_ONLY,
+    }
     where = project(
         tmp_path,
-        {"file-access.yaml": FILE_ACCESS, "missing-hook.yaml": MISSING_HOOK},
+        scenarios,
         {"file-access-etc.yaml": FILE_POLICY, "missing-hook.yaml": MISSING_HOOK_POLICY},
     )
     done, results = inner_pytest(where, "--kernels=6.1", "--arch=x86_64,arm64")
     assert "scenarios run as firing checks" in done.stdout
     for arch in ("x86_64", "arm64"):
-        outcome, _ = result(results, "file-access", f"etc-read[6.1-{arch}]")
-        assert outcome == "passed", done.stdout[-3000:]
-        outcome, message = result(
-            results, "file-access", f"outside-etc-not-seen[6.1-{arch}]"
-        )
+        for case in ("etc-read", "outside-etc-not-seen"):
+            outcome, _ = result(results, "file-access", f"{case}[6.1-{arch}]")
+            assert outcome == "passed", done.stdout[-3000:]
+        outcome, message = result(results, "exec-only", f"cat-started[6.1-{arch}]")
         assert outcome == "skipped" and "needs the agent" in message
         outcome, message = result(results, "missing-hook", f"read[6.1-{arch}]")
         assert outcome == "failure", done.stdout[-3000:]

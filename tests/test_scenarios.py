@@ -11,12 +11,20 @@ from pathlib import Path
 import pytest
 from goldenfile import assert_golden
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, Problems
 from harness.events import read_export
 from harness.loaderrors import LoadErrorKind
 from harness.matching import check
 from harness.scenarios import KernelFacts, load_scenario, load_scenarios
-from harness.steps import Connect, OpenFile, Run, Step, WriteFile, render_script
+from harness.steps import (
+    Connect,
+    OpenFile,
+    Run,
+    Step,
+    WriteFile,
+    parse_step,
+    render_script,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -47,6 +55,14 @@ spec:
   kprobes:
     - call: fd_install
       syscall: false
+"""
+
+# The smallest valid `cases:`, for tests about the rest of the file.
+ONE_CASE = """\
+cases:
+  c:
+    steps: [{read: /etc/passwd}]
+    expect: [{type: kprobe}]
 """
 
 
@@ -189,7 +205,7 @@ def test_a_malformed_scenario_lists_every_problem(tmp_path: Path) -> None:
         "cases.Bad_Name.expect[0].args.random",
         "cases.Bad_Name.expect[0].args",
         "cases.Bad_Name.tiemout",
-        "cases.empty",
+        "cases.empty.expect",
         "cases.empty.steps",
     }
     message = str(caught.value)
@@ -198,6 +214,11 @@ def test_a_malformed_scenario_lists_every_problem(tmp_path: Path) -> None:
         message
     )
     assert "'p-typo' is not a policy of this scenario (p-open)" in message
+    assert (
+        f"{path}: cases.Bad_Name.tiemout: unknown key; did you mean 'timeout'? "
+        "(allowed: conditions, description, expect, expect_not, ordered, steps, "
+        "timeout)"
+    ) in message
 
 
 def test_problems_of_every_file_come_together(tmp_path: Path) -> None:
@@ -216,10 +237,89 @@ def test_problems_of_every_file_come_together(tmp_path: Path) -> None:
     found = {(p.file, p.key) for p in caught.value.problems}
     assert (str(first), "cases") in found
     assert (str(second), "") in found
-    assert any(
-        p.file == str(dup) and "duplicate key 'policies'" in p.message
+    assert [
+        p.message
         for p in caught.value.problems
+        if (p.file, p.key) == (str(dup), "policies")
+    ] == [
+        "duplicate key on line 2 (first on line 1): YAML would keep only the last; "
+        "remove or rename one"
+    ]
+
+
+def test_a_problem_reached_twice_is_reported_once(tmp_path: Path) -> None:
+    nameless = write(tmp_path, "policies/nameless.yaml", "kind: TracingPolicy\n")
+    write(tmp_path, "scenarios/a.yaml", f"policies: [nameless.yaml]\n{ONE_CASE}")
+    write(tmp_path, "scenarios/b.yaml", f"policies: [nameless.yaml]\n{ONE_CASE}")
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenarios([tmp_path / "scenarios"])
+
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.key) == (str(nameless), "metadata.name")
+    assert str(caught.value).count("metadata.name") == 1
+
+
+@pytest.mark.parametrize("cases", ["cases: {}\n", "cases:\n", ""])
+def test_a_scenario_without_cases_says_to_add_one(tmp_path: Path, cases: str) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    path = write(tmp_path, "scenarios/s.yaml", f"policies: [p-open.yaml]\n{cases}")
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert str(caught.value) == (
+        f"{path}: cases: no cases: add at least one case under `cases:`"
     )
+
+
+def test_a_case_named_by_a_number_must_be_quoted(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    case = "steps: [{read: /etc/passwd}]\n    expect: [{type: kprobe}]"
+    text = f"policies: [p-open.yaml]\ncases:\n  6.10:\n    {case}\n"
+    path = write(tmp_path, "scenarios/s.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert str(caught.value) == (
+        f"{path}: cases.6.10: 6.10 is a number to YAML (read as 6.1); write it "
+        "quoted: '6.10'"
+    )
+
+
+def test_a_case_must_expect_something_and_a_negative_case_a_control(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = """\
+policies: [p-open.yaml]
+cases:
+  nothing:
+    steps: [{read: /etc/passwd}]
+    expect: []
+  only-negative:
+    steps: [{read: /tmp/x}]
+    expect_not: [{type: kprobe, function: fd_install}]
+  empty-negative:
+    steps: [{read: /etc/passwd}]
+    expect: [{type: kprobe, function: fd_install}]
+    expect_not: []
+"""
+    path = write(tmp_path, "scenarios/s.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert [f"{p.key}: {p.message}" for p in caught.value.problems] == [
+        "cases.nothing.expect: empty list; list the events the workload must cause",
+        "cases.only-negative.expect: required with `expect_not:`: add a control "
+        "step the policy reports and expect its event here with an exact count "
+        "(docs/scenarios.md, the starter library: a negative case carries a "
+        "control)",
+        "cases.empty-negative.expect_not: empty list; list the events that must "
+        "not appear, or leave it out",
+    ]
 
 
 def test_policies_must_load_on_every_arch(tmp_path: Path) -> None:
@@ -320,6 +420,52 @@ cases:
     assert (
         verdict(kernel="x", arch="arm64", version="6.10.2", config=fprobe)[0] == "run"
     )
+
+
+@pytest.mark.parametrize("code", [256, -1, "one", 1.5, True])
+def test_exit_statuses_outside_0_to_255_are_refused(code: object) -> None:
+    problems = Problems("s.yaml")
+
+    step = parse_step({"run": "true", "exit": code}, "steps[0]", problems)
+
+    assert step is not None
+    assert [str(p) for p in problems.items] == [
+        f"s.yaml: steps[0].exit: {code!r} is not an exit status; give 0-255 or `any`"
+    ]
+    assert parse_step({"run": "true", "exit": 255}, "steps[0]", problems)
+    assert len(problems.items) == 1
+
+
+def test_condition_facts_of_the_wrong_type_name_the_type_expected(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = f"""\
+policies: p-open.yaml
+conditions:
+  - skip: wrong types
+    if: {{lsm: 5, config: yes, version: [1], kernel: [6.10, "6.1"]}}
+  - skip: empty
+    unless: {{arch: [], version: {{min: 6}}}}
+{ONE_CASE}"""
+    path = write(tmp_path, "scenarios/s.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert [f"{p.key}: {p.message}" for p in caught.value.problems] == [
+        "conditions[0].if.kernel: 6.10 is a number to YAML (read as 6.1); write "
+        "it quoted: '6.10'",
+        "conditions[0].if.lsm: 5 (a number) is not a string; expected an LSM "
+        "name such as bpf",
+        "conditions[0].if.config: true (a boolean to YAML, as are yes, no, on and "
+        "off) is not a string; expected a kernel option such as CONFIG_FPROBE",
+        "conditions[0].if.version: [1] (a list) is not a version; give one such "
+        "as '6.1', or a range {min: '5.15', max: '6.1'}",
+        "conditions[1].unless.arch: empty list; give at least one: an arch "
+        "(x86_64, arm64)",
+        "conditions[1].unless.version.min: 6 is a number to YAML; write it quoted: '6'",
+    ]
 
 
 def test_a_step_with_the_wrong_exit_status_stops_the_script() -> None:

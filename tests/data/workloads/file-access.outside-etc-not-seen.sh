@@ -17,3 +17,6 @@ harness_check 3 $? 0 'read /tmp/harness-file'
 # step 4: unlink /tmp/harness-file
 /bin/unlink /tmp/harness-file
 harness_check 4 $? 0 'unlink /tmp/harness-file'
+# step 5: read /etc/hosts
+/bin/cat /etc/hosts > /dev/null
+harness_check 5 $? 0 'read /etc/hosts'
