@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -54,17 +55,26 @@ def run_once(mode: str, args: argparse.Namespace, work: Path) -> dict[str, objec
         argv.append(f"--tetragon={args.tetragon}")
         argv += [f"--tetragon-arg={extra}" for extra in args.tetragon_arg]
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    with subprocess.Popen(
+        argv, cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    ) as proc:  # fmt: skip
+        try:
+            output, _ = proc.communicate()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)  # pytest stops its VMs, then exits
+            proc.communicate(timeout=60)
+            raise
     wall = time.monotonic() - started
-    found = SUMMARY.findall(done.stdout)
-    summary = found[-1] if found else f"no summary (exit {done.returncode})"
-    if done.returncode not in (0, 1):
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+    found = SUMMARY.findall(output)
+    summary = found[-1] if found else f"no summary (exit {proc.returncode})"
+    if proc.returncode not in (0, 1):
+        tail = "\n".join(output.splitlines()[-15:])
         raise SystemExit(f"{mode} run failed to complete:\n{tail}")
     return {
         "wall": wall,
         "summary": summary,
-        "exit": done.returncode,
+        "exit": proc.returncode,
         "targets": per_target(junit),
     }
 
@@ -99,7 +109,14 @@ def target_medians(runs: list[dict[str, object]]) -> dict[str, float]:
     return {t: statistics.median(v) for t, v in sorted(seen.items())}
 
 
+def _stop(signum: int, _frame: object) -> None:
+    # SIGTERM unwinds like Ctrl-C: the pytest child is sent SIGINT and stops
+    # its VMs, and the temporary directory is removed.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="default")
     parser.add_argument("--arch", default="x86_64,arm64")
@@ -156,4 +173,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: no figures") from None
