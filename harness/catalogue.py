@@ -186,11 +186,21 @@ def _entry(
 def load(path: Path) -> Catalogue:
     """Load and validate `kernels.yaml`; one error lists every problem found."""
     file = str(path)
+    if path.is_dir():
+        inside = path / "kernels.yaml"
+        fix = f"--catalogue={inside}" if inside.is_file() else "the kernels.yaml file"
+        raise ConfigError(
+            [Problem(file, "", f"is a directory, not a catalogue; pass {fix}")]
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(
             [Problem(file, "", "not found; pass --catalogue or create kernels.yaml")]
+        ) from None
+    except OSError as e:
+        raise ConfigError(
+            [Problem(file, "", f"cannot be read ({e.strerror}); pass a readable file")]
         ) from None
     except yaml.YAMLError as e:
         raise ConfigError([Problem(file, "", f"not valid YAML: {e}")]) from e
