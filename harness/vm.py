@@ -191,7 +191,8 @@ class VM:
         except TimeoutError:
             raise BootTimeout(
                 f"{self.kernel.id}: no readiness within {self.boot_timeout:.0f} s "
-                f"({self.accel.name}); console in {self.console_log}",
+                f"({self.accel.name}){self._accel_hint()}; console in "
+                f"{self.console_log}",
                 self.console_tail(),
             ) from None
         except ChannelError:
@@ -235,14 +236,19 @@ class VM:
         if not console.strip():
             return QemuStartError(
                 f"{self.kernel.id}: QEMU exited with status {status} before the guest "
-                f"started; command in {self.artefacts / 'qemu-cmd.txt'}:\n"
+                f"started{self._accel_hint()}; command in "
+                f"{self.artefacts / 'qemu-cmd.txt'}:\n"
                 + "\n".join(stderr.strip().splitlines()[-15:])
             )
         return QemuStartError(
             f"{self.kernel.id}: the guest stopped (QEMU status {status}) before it "
-            "was ready",
+            f"was ready{self._accel_hint()}",
             self.console_tail(),
         )
+
+    def _accel_hint(self) -> str:
+        hint = self.accel.hint()
+        return f" ({hint})" if hint else ""
 
     def run(
         self,
