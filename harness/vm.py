@@ -22,7 +22,13 @@ from types import TracebackType
 from harness.accel import Accel
 from harness.arches import get_arch
 from harness.channel import Channel, Result
-from harness.errors import BootTimeout, ChannelError, KernelPanic, QemuStartError
+from harness.errors import (
+    BootTimeout,
+    ChannelError,
+    HarnessError,
+    KernelPanic,
+    QemuStartError,
+)
 from harness.kernels import Kernel
 
 log = logging.getLogger(__name__)
@@ -171,12 +177,20 @@ class VM:
 
     def start(self) -> None:
         """Start QEMU and wait until the guest's control channel is ready."""
-        self.artefacts.mkdir(parents=True, exist_ok=True)
-        (self.artefacts / "qemu-cmd.txt").write_text(shlex.join(self.argv) + "\n")
+        try:
+            self.artefacts.mkdir(parents=True, exist_ok=True)
+            (self.artefacts / "qemu-cmd.txt").write_text(shlex.join(self.argv) + "\n")
+            stderr = (self.artefacts / "qemu-stderr.log").open("wb")
+        except OSError as e:
+            where = "" if e.filename == str(self.artefacts) else f" ({e.filename})"
+            raise HarnessError(
+                f"artefact directory {self.artefacts}: {e.strerror}{where}; "
+                "pass --artefacts a directory you can write"
+            ) from None
         log.debug("starting %s", shlex.join(self.argv))
         started = time.monotonic()
         deadline = started + self.boot_timeout
-        with (self.artefacts / "qemu-stderr.log").open("wb") as stderr:
+        with stderr:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ import pytest
 
 from harness.accel import ACCEL_ENV, kvm_trial
 from harness.arches import host_arch
-from harness.errors import BootTimeout, KernelPanic, QemuStartError
+from harness.errors import BootTimeout, HarnessError, KernelPanic, QemuStartError
 from harness.matrix import Matrix, Target
 from harness.vm import VMOptions
 
@@ -80,3 +80,15 @@ def test_forced_kvm_that_fails_says_it_was_forced(
     ):
         pass
     assert "-accel kvm" in (tmp_path / "qemu-cmd.txt").read_text()
+
+
+def test_an_artefact_path_that_is_a_file_says_so(
+    harness_matrix: Matrix, x86: Target, tmp_path: Path
+) -> None:
+    in_the_way = tmp_path / "artefacts"
+    in_the_way.write_text("")
+    with (
+        pytest.raises(HarnessError, match="vm: Not a directory; pass --artefacts"),
+        harness_matrix.vm(x86, in_the_way / "vm"),
+    ):
+        pass
