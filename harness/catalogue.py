@@ -188,15 +188,19 @@ def load(path: Path) -> Catalogue:
     file = str(path)
     if path.is_dir():
         inside = path / "kernels.yaml"
-        fix = f"--catalogue={inside}" if inside.is_file() else "the kernels.yaml file"
+        fix = inside if inside.is_file() else "PATH of a kernels.yaml"
         raise ConfigError(
-            [Problem(file, "", f"is a directory, not a catalogue; pass {fix}")]
+            [
+                Problem(
+                    file, "", f"is a directory, not a catalogue; pass --catalogue={fix}"
+                )
+            ]
         )
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(
-            [Problem(file, "", "not found; pass --catalogue or create kernels.yaml")]
+            [Problem(file, "", "not found; create it, or pass --catalogue=PATH")]
         ) from None
     except OSError as e:
         raise ConfigError(

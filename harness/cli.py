@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -17,10 +18,16 @@ from harness import hooks_cli, report_cli
 from harness.catalogue import find_catalogue, load
 from harness.errors import HarnessError
 from harness.matrix import Matrix
+from harness.preflight import Preflight
 from harness.progress import DownloadProgress
 from harness.vm import VMOptions
 
 log = logging.getLogger(__name__)
+
+USAGE_ERROR = 2
+# `harness boot` exits with its guest command's status, so its own failures
+# take a code commands seldom use, as `docker run` does.
+BOOT_FAILED = 125
 
 
 def _matrix(
@@ -96,9 +103,40 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return result.status
 
 
+def preflight(args: argparse.Namespace) -> None:
+    """Check every setting the command uses, all at once, before it does anything."""
+    if args.command_name == "report":
+        return
+    check = Preflight()
+    check.environment()
+    catalogue = check.catalogue(args.catalogue or find_catalogue())
+    for name in ("kernel", "kernel_a", "kernel_b"):
+        if (value := getattr(args, name, None)) is not None:
+            check.kernels(catalogue, value, f"kernel {value}")
+    if (value := getattr(args, "kernels", None)) is not None:
+        check.kernels(catalogue, value, f"--kernels={value}")
+    check.arches(args.arch, f"--arch={args.arch}")
+    if args.command_name == "boot" and args.artefacts:
+        check.directory(Path(args.artefacts), f"--artefacts={args.artefacts}")
+    if args.command_name == "qualify":
+        check.tetragon(args.tetragon, f"--tetragon={args.tetragon}")
+        check.directory(args.output, f"--output={args.output}")
+    check.done()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with `error_status`."""
+
+    error_status = USAGE_ERROR
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.error_status, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `harness` command."""
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = _Parser(prog="harness", description=__doc__)
     parser.add_argument("--catalogue", type=Path, help="kernels.yaml to use")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command_name", required=True)
@@ -126,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the QEMU command, boot nothing",
     )
     boot.epilog = "Everything after `--` is the command to run in the guest."
+    boot.error_status = BOOT_FAILED
     boot.set_defaults(func=cmd_boot)
 
     hooks_cli.add_parsers(sub)
@@ -150,10 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
+        preflight(args)
         return int(args.func(args))
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
-        return 2
+        return BOOT_FAILED if args.command_name == "boot" else USAGE_ERROR
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130

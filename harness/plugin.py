@@ -11,7 +11,14 @@ from harness.collect_policies import PolicyFile, report_status
 from harness.errors import HarnessError
 from harness.fixtures import _harness_properties, harness_matrix, target, vm
 from harness.matrix import Target
-from harness.plugin_state import POOL, matrix_of, options_of
+from harness.plugin_state import (
+    INI_DEFAULTS,
+    POOL,
+    check_run,
+    is_harness_run,
+    options_of,
+    targets_of,
+)
 
 __all__ = ["_harness_properties", "harness_matrix", "target", "vm"]
 
@@ -63,30 +70,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="extra argument for the agent, repeatable, e.g. "
         "--tetragon-arg=--disable-kprobe-multi (ini: harness_tetragon_args)",
     )
-    parser.addini("harness_tetragon_args", "extra agent arguments", default="")
-    parser.addini("harness_kernels", "default --kernels", default="default")
-    parser.addini("harness_tetragon", "default --tetragon", default="")
-    parser.addini("harness_arch", "default --arch", default="x86_64,arm64")
-    parser.addini("harness_artefacts", "default --artefacts", default="artefacts")
-    parser.addini("harness_memory", "guest memory in MiB", default="1024")
+    for name, help_text in (
+        ("harness_tetragon_args", "extra agent arguments"),
+        ("harness_kernels", "default --kernels"),
+        ("harness_tetragon", "default --tetragon"),
+        ("harness_arch", "default --arch"),
+        ("harness_artefacts", "default --artefacts"),
+        ("harness_memory", "guest memory in MiB"),
+    ):
+        parser.addini(name, help_text, default=INI_DEFAULTS[name])
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Declare the markers the harness uses."""
+    """Declare the markers; check every harness setting once, before collection."""
     config.addinivalue_line(
         "markers", "boot: boots real kernels in QEMU (deselect with -m 'not boot')"
     )
+    if config.option.help or not is_harness_run(config):
+        return
+    try:
+        check_run(config)
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise `target` (and so `vm`) over the selected kernel x arch matrix."""
     if "target" not in metafunc.fixturenames:
         return
-    opts = options_of(metafunc.config)
-    try:
-        targets = matrix_of(metafunc.config).targets(opts.kernels, opts.arches)
-    except HarnessError as e:
-        raise pytest.UsageError(str(e)) from e
+    targets = targets_of(metafunc.config)
     metafunc.parametrize(
         "target", targets, ids=[t.id for t in targets], scope="session", indirect=True
     )
