@@ -17,6 +17,7 @@ from rich.table import Table
 from harness import hooks_cli, report_cli
 from harness.catalogue import find_catalogue, load
 from harness.errors import HarnessError
+from harness.interrupts import Interrupted, exit_status, stop_on_signals, write_stderr
 from harness.matrix import Matrix
 from harness.preflight import Preflight
 from harness.progress import DownloadProgress
@@ -189,14 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        preflight(args)
-        return int(args.func(args))
+        with stop_on_signals(lambda line: write_stderr(f"harness: {line}")):
+            preflight(args)
+            return int(args.func(args))
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return BOOT_FAILED if args.command_name == "boot" else USAGE_ERROR
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):
+            print("harness: interrupted", file=sys.stderr)
+        return exit_status(e)
 
 
 if __name__ == "__main__":

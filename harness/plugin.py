@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -10,6 +14,7 @@ from harness.collect import ScenarioFile, top_folder
 from harness.collect_policies import PolicyFile, report_status
 from harness.errors import HarnessError
 from harness.fixtures import _harness_properties, harness_matrix, target, vm
+from harness.interrupts import Interrupted, stop_running_vms, write_stderr
 from harness.matrix import Target
 from harness.plugin_state import (
     INI_DEFAULTS,
@@ -19,6 +24,7 @@ from harness.plugin_state import (
     options_of,
     targets_of,
 )
+from harness.vm import running
 
 __all__ = ["_harness_properties", "harness_matrix", "target", "vm"]
 
@@ -92,6 +98,43 @@ def pytest_configure(config: pytest.Config) -> None:
         check_run(config)
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from None
+    config.pluginmanager.register(InterruptStop(config), "harness-interrupts")
+
+
+class InterruptStop:
+    """On Ctrl-C or SIGTERM the run's VMs stop at once, and the run says so."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.previous: Any = None
+        # SIGTERM (a CI timeout, `harness qualify` stopping) ends the run like
+        # Ctrl-C: reports written, VMs stopped, instead of a silent death.
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._sigterm)
+
+    def _sigterm(self, signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self) -> None:
+        """Stop every VM of this process without a polite power-off."""
+        notice = stop_running_vms()
+        if notice != "interrupted":
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(notice)
+            else:
+                write_stderr(notice)
+        pool = self.config.stash.get(POOL, None)
+        if pool is not None:
+            pool.close(interrupted=True)
+        for machine in running():
+            machine.close(interrupted=True)
+
+    def pytest_unconfigure(self) -> None:
+        """Give SIGTERM back its previous handler."""
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
