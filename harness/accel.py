@@ -9,6 +9,7 @@ $HARNESS_ACCEL=kvm or =tcg overrides the trial (and its cached verdict).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -146,17 +147,33 @@ def choose(arch: str, cache: Cache | None = None) -> Accel:
         # The user's word over the trial's: if KVM does not work, the boot
         # error says it was forced.
         return Accel("kvm", 1.0, f"{ACCEL_ENV}=kvm", forced=True)
-    verdict_file = cache.path("accel", f"kvm-{arch}.json") if cache else None
-    cached = _cached_verdict(verdict_file) if verdict_file else None
+    if cache is None:
+        return _trial(arch)
+    verdict_file = cache.path("accel", f"kvm-{arch}.json")
+    cached = _cached_verdict(verdict_file)
     if cached is not None:
         return cached
-    works, why = kvm_trial(arch)
-    accel = Accel("kvm", 1.0, why) if works else Accel("tcg", 10.0, why)
-    log.info("accelerator for %s: %s (%s)", arch, accel.name, why)
-    if verdict_file:
-        verdict_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = verdict_file.with_suffix(f".{os.getpid()}.tmp")
-        verdict = {"name": accel.name, "scale": accel.scale, "reason": accel.reason}
-        tmp.write_text(json.dumps({**verdict, "boot_id": _boot_id()}))
-        tmp.replace(verdict_file)
+    accel = _trial(arch)
+    verdict = {"name": accel.name, "scale": accel.scale, "reason": accel.reason}
+    _write_atomic(verdict_file, json.dumps({**verdict, "boot_id": _boot_id()}))
     return accel
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # Written beside, renamed into place: never half a verdict, even when
+    # interrupted, and never a stray temporary file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _trial(arch: str) -> Accel:
+    works, why = kvm_trial(arch)
+    log.info("accelerator for %s: %s (%s)", arch, "kvm" if works else "tcg", why)
+    return Accel("kvm", 1.0, why) if works else Accel("tcg", 10.0, why)

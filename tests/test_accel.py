@@ -73,3 +73,4 @@ def test_a_damaged_verdict_runs_the_trial_again(
         False,
     )
     assert json.loads(verdict.read_text())["name"] == "tcg"
+    assert list(verdict.parent.iterdir()) == [verdict]
