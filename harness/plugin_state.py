@@ -118,9 +118,11 @@ def catalogue_path(config: pytest.Config) -> Path:
 
 
 def is_harness_run(config: pytest.Config) -> bool:
-    """Whether this run uses the harness: an option of it given, or a catalogue here."""
+    """Whether this run uses the harness: its options, a catalogue or a library."""
     given = any(config.getoption(dest) for dest in HARNESS_OPTIONS)
-    return given or catalogue_path(config).is_file()
+    # The harness collects YAML files under these folders of the rootdir.
+    library = any((config.rootpath / d).is_dir() for d in ("scenarios", "policies"))
+    return given or library or catalogue_path(config).is_file()
 
 
 def check_run(config: pytest.Config) -> None:

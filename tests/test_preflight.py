@@ -154,3 +154,19 @@ def test_cli_reports_bad_variables(unwritable_dir: Path) -> None:
         f"{artefacts}: {unwritable_dir} is not writable by this user; pass a "
         "directory you can write",
     ]
+
+
+def test_a_library_without_a_catalogue_is_one_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "scenarios").mkdir()
+    for name in ("exec.yaml", "mount.yaml"):
+        (tmp_path / "scenarios" / name).write_text(
+            (ROOT / "scenarios" / name).read_text()
+        )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    one_clean_error(done.stderr, f"{tmp_path / 'kernels.yaml'}: not found")
