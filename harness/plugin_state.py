@@ -37,12 +37,6 @@ TETRAGON_ARGS_ENV = "HARNESS_TETRAGON_ARGS"
 # Tetragon and its BPF objects unpack into the initramfs; give them room.
 AGENT_MEMORY_MB = 2048
 
-OPTIONS = pytest.StashKey[Options]()
-AGENT = pytest.StashKey["AgentSource | None"]()
-CATALOGUE = pytest.StashKey[Catalogue]()
-MATRIX = pytest.StashKey[Matrix]()
-TARGETS = pytest.StashKey[list[Target]]()
-POOL = pytest.StashKey[VMPool]()
 INI_DEFAULTS = {
     "harness_kernels": "default",
     "harness_arch": "x86_64,arm64",
@@ -51,6 +45,13 @@ INI_DEFAULTS = {
     "harness_tetragon": "",
     "harness_tetragon_args": "",
 }
+
+OPTIONS = pytest.StashKey[Options]()
+AGENT = pytest.StashKey["AgentSource | None"]()
+CATALOGUE = pytest.StashKey[Catalogue]()
+MATRIX = pytest.StashKey[Matrix]()
+TARGETS = pytest.StashKey[list[Target]]()
+POOL = pytest.StashKey[VMPool]()
 # Options that only a run of the harness would be given.
 HARNESS_OPTIONS = (
     "harness_kernels", "harness_arch", "harness_catalogue", "harness_artefacts",
@@ -58,22 +59,23 @@ HARNESS_OPTIONS = (
 )  # fmt: skip
 
 
-def _where(config: pytest.Config, dest: str, ini: str, env: str = "") -> str:
-    """How an error names a setting: the flag, the variable or the ini key."""
-    flag = "--" + dest.removeprefix("harness_").replace("_", "-")
-    if config.getoption(dest):
-        return f"{flag}={config.getoption(dest)}"
+def _where(config: pytest.Config, name: str, env: str = "") -> str:
+    """How an error names a setting: its flag, variable or ini key, with its value."""
+    flag = "--" + name.removeprefix("harness_").replace("_", "-")
+    if config.getoption(name):
+        return f"{flag}={config.getoption(name)}"
     if env and os.environ.get(env):
         return f"{env}={os.environ[env]}"
-    value = config.getini(ini)
-    if config.inipath is not None and value != INI_DEFAULTS.get(ini):
-        return f"{config.inipath}: {ini} = {value!r}"
+    value = config.getini(name)
+    if config.inipath is not None and value != INI_DEFAULTS.get(name):
+        return f"{config.inipath}: {name} = {value!r}"
     return f"{flag} (default {value})"
 
 
-def _setting(config: pytest.Config, dest: str, ini: str, env: str = "") -> str:
-    value = config.getoption(dest) or (os.environ.get(env, "") if env else "")
-    return str(value or config.getini(ini))
+def _setting(config: pytest.Config, name: str, env: str = "") -> str:
+    """A setting from its option, else its variable, else its ini key (same name)."""
+    value = config.getoption(name) or (os.environ.get(env, "") if env else "")
+    return str(value or config.getini(name))
 
 
 def options_of(config: pytest.Config) -> Options:
@@ -84,14 +86,12 @@ def options_of(config: pytest.Config) -> Options:
         where = f"--boot-timeout={timeout}"
         memory = check.attempt(lambda: _memory(config))
         options = Options(
-            kernels=_setting(config, "harness_kernels", "harness_kernels"),
-            arches=_setting(config, "harness_arch", "harness_arch"),
-            artefacts=_setting(config, "harness_artefacts", "harness_artefacts"),
+            kernels=_setting(config, "harness_kernels"),
+            arches=_setting(config, "harness_arch"),
+            artefacts=_setting(config, "harness_artefacts"),
             boot_timeout=check.seconds(timeout, where) if timeout else None,
             memory_mb=memory or 0,
-            tetragon=_setting(
-                config, "harness_tetragon", "harness_tetragon", TETRAGON_ENV
-            ),
+            tetragon=_setting(config, "harness_tetragon", TETRAGON_ENV),
             tetragon_args=tuple(
                 config.getoption("harness_tetragon_args")
                 or shlex.split(os.environ.get(TETRAGON_ARGS_ENV, ""))
@@ -129,23 +129,17 @@ def check_run(config: pytest.Config) -> None:
     """Check every setting of the run at once; raise one ConfigError listing all."""
     check = Preflight()
     check.environment()
-    opts = check.attempt(lambda: options_of(config))
+    check.attempt(lambda: options_of(config))
     catalogue = check.catalogue(catalogue_path(config))
     if catalogue is not None:
         config.stash[CATALOGUE] = catalogue
-    kernels = _setting(config, "harness_kernels", "harness_kernels")
-    check.kernels(
-        catalogue, kernels, _where(config, "harness_kernels", "harness_kernels")
-    )
-    arches = _setting(config, "harness_arch", "harness_arch")
-    check.arches(arches, _where(config, "harness_arch", "harness_arch"))
-    artefacts = _setting(config, "harness_artefacts", "harness_artefacts")
-    check.directory(
-        Path(artefacts), _where(config, "harness_artefacts", "harness_artefacts")
-    )
-    if opts is not None:
-        where = _where(config, "harness_tetragon", "harness_tetragon", TETRAGON_ENV)
-        check.tetragon(opts.tetragon, where)
+    kernels, arches = "harness_kernels", "harness_arch"
+    check.kernels(catalogue, _setting(config, kernels), _where(config, kernels))
+    check.arches(_setting(config, arches), _where(config, arches))
+    artefacts = "harness_artefacts"
+    check.directory(Path(_setting(config, artefacts)), _where(config, artefacts))
+    tetragon = _setting(config, "harness_tetragon", TETRAGON_ENV)
+    check.tetragon(tetragon, _where(config, "harness_tetragon", TETRAGON_ENV))
     check.done()
 
 
