@@ -4,10 +4,12 @@
 hang), so the device's presence proves nothing. The trial boots a few bytes of
 guest code that ask QEMU to exit; if QEMU has not exited within seconds, KVM
 is declared unusable and TCG is used. The verdict is cached per host boot.
+$HARNESS_ACCEL=kvm or =tcg overrides the trial (and its cached verdict).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,11 +21,13 @@ from pathlib import Path
 
 from harness.arches import get_arch, host_arch
 from harness.cache import Cache
+from harness.errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)
 
 TRIAL_SECONDS = 5.0
 ACCEL_ENV = "HARNESS_ACCEL"
+ACCEL_CHOICES = ("kvm", "tcg")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,18 @@ class Accel:
     # Multiplier for every wait: TCG runs guests 10 to 30 times slower than KVM.
     scale: float
     reason: str
+    # Chosen by $HARNESS_ACCEL rather than by the trial.
+    forced: bool = False
+
+    def hint(self) -> str:
+        """What to change when a guest fails under a forced accelerator, or ""."""
+        if not self.forced:
+            return ""
+        other = "tcg" if self.name == "kvm" else "kvm"
+        return (
+            f"{self.name.upper()} was forced by {ACCEL_ENV}={self.name}: unset it to "
+            f"let a trial guest choose, or set {ACCEL_ENV}={other}"
+        )
 
 
 # x86: at the reset vector (real mode, 0xFFFFFFF0, the last 16 bytes of the
@@ -91,26 +107,73 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def choose(arch: str, cache: Cache | None = None) -> Accel:
-    """KVM if the guest arch is the host's and the trial passes, else TCG."""
-    forced = os.environ.get(ACCEL_ENV, "")
-    if forced == "tcg":
-        return Accel("tcg", 10.0, f"${ACCEL_ENV}=tcg")
-    if host_arch() != arch:
-        return Accel("tcg", 10.0, f"guest arch {arch} is not the host's")
-    verdict_file = cache.path("accel", f"kvm-{arch}.json") if cache else None
-    if verdict_file and verdict_file.is_file():
+def forced_accel() -> str:
+    """The accelerator $HARNESS_ACCEL forces (kvm or tcg), or "" for the trial."""
+    value = os.environ.get(ACCEL_ENV, "").strip()
+    if value and value not in ACCEL_CHOICES:
+        raise ConfigError(
+            [
+                Problem(
+                    f"{ACCEL_ENV}={value}",
+                    "",
+                    f"not an accelerator; accepted values: {', '.join(ACCEL_CHOICES)} "
+                    "(unset: KVM when a trial guest runs under it, else TCG)",
+                )
+            ]
+        )
+    return value
+
+
+def _cached_verdict(verdict_file: Path) -> Accel | None:
+    try:
         verdict = json.loads(verdict_file.read_text())
-        if verdict.get("boot_id") == _boot_id():
-            return Accel(verdict["name"], verdict["scale"], verdict["reason"])
-    works, why = kvm_trial(arch)
-    accel = Accel("kvm", 1.0, why) if works else Accel("tcg", 10.0, why)
-    log.info("accelerator for %s: %s (%s)", arch, accel.name, why)
-    if verdict_file:
-        verdict_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = verdict_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**accel.__dict__, "boot_id": _boot_id()}))
-        tmp.replace(verdict_file)
-    if forced == "kvm" and not works:
-        raise RuntimeError(f"${ACCEL_ENV}=kvm but KVM does not work here: {why}")
+        if verdict.get("boot_id") != _boot_id():
+            return None
+        return Accel(str(verdict["name"]), float(verdict["scale"]), verdict["reason"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # Unreadable or from another version of the harness: run the trial again.
+        return None
+
+
+def choose(arch: str, cache: Cache | None = None) -> Accel:
+    """The forced accelerator, else KVM if the arch is the host's and a trial runs."""
+    forced = forced_accel()
+    if forced == "tcg":
+        return Accel("tcg", 10.0, f"{ACCEL_ENV}=tcg", forced=True)
+    if host_arch() != arch:
+        # KVM runs guests of the host's arch only, forced or not.
+        return Accel("tcg", 10.0, f"guest arch {arch} is not the host's")
+    if forced == "kvm":
+        # The user's word over the trial's: if KVM does not work, the boot
+        # error says it was forced.
+        return Accel("kvm", 1.0, f"{ACCEL_ENV}=kvm", forced=True)
+    if cache is None:
+        return _trial(arch)
+    verdict_file = cache.path("accel", f"kvm-{arch}.json")
+    cached = _cached_verdict(verdict_file)
+    if cached is not None:
+        return cached
+    accel = _trial(arch)
+    verdict = {"name": accel.name, "scale": accel.scale, "reason": accel.reason}
+    _write_atomic(verdict_file, json.dumps({**verdict, "boot_id": _boot_id()}))
     return accel
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # Written beside, renamed into place: never half a verdict, even when
+    # interrupted, and never a stray temporary file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _trial(arch: str) -> Accel:
+    works, why = kvm_trial(arch)
+    log.info("accelerator for %s: %s (%s)", arch, "kvm" if works else "tcg", why)
+    return Accel("kvm", 1.0, why) if works else Accel("tcg", 10.0, why)

@@ -84,6 +84,16 @@ def _version_of(root: Path) -> str:
     return match.group(1) if match else root.name
 
 
+def source_kind(value: str) -> str:
+    """What a `--tetragon` value names: "version", "url" or "path"."""
+    value = value.strip()
+    if re.fullmatch(r"v?\d+\.\d+\.\d+([\w.-]*)", value):
+        return "version"
+    if re.match(r"https?://", value):
+        return "url"
+    return "path"
+
+
 class AgentSource:
     """Resolves a `--tetragon` value into per-arch bundles, through the cache."""
 
@@ -94,13 +104,14 @@ class AgentSource:
     def bundle(self, arch: str) -> AgentBundle | None:
         """The release for guests of `arch`, or None when the value has none."""
         debarch = ARCHES[arch].debian
-        if re.fullmatch(r"v?\d+\.\d+\.\d+([\w.-]*)", self.value):
+        kind = source_kind(self.value)
+        if kind == "version":
             version = self.value.lstrip("v")
             template = os.environ.get(RELEASE_URL_ENV, RELEASE_URL)
             return self._from_url(
                 template.format(version=version, debarch=debarch), arch
             )
-        if re.match(r"https?://", self.value):
+        if kind == "url":
             return self._from_url(self.value.replace("{debarch}", debarch), arch)
         path = Path(self.value).expanduser()
         if path.is_dir():

@@ -256,9 +256,14 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
 def load(path: Path) -> Catalogue:
     """Load and validate `kernels.yaml`; one error lists every problem found."""
     file = str(path)
+    if path.is_dir():
+        inside = path / "kernels.yaml"
+        fix = inside if inside.is_file() else "PATH of a kernels.yaml"
+        message = f"is a directory, not a catalogue; pass --catalogue={fix}"
+        raise ConfigError([Problem(file, "", message)])
     if not path.exists():
         raise ConfigError(
-            [Problem(file, "", "not found; pass --catalogue or create kernels.yaml")]
+            [Problem(file, "", "not found; create it, or pass --catalogue=PATH")]
         )
     problems = Problems(file)
     data = yamlfile.read(path, problems, "a top-level `kernels:` list")

@@ -5,22 +5,33 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
 from harness import hooks_cli, report_cli
 from harness.catalogue import find_catalogue, load
-from harness.errors import HarnessError
+from harness.errors import GuestCommandTimeout, HarnessError
+from harness.interrupts import Interrupted, exit_status, stop_on_signals, write_stderr
 from harness.matrix import Matrix
+from harness.preflight import Preflight
 from harness.progress import DownloadProgress
-from harness.vm import VMOptions
+from harness.vm import VM, VMOptions
 
 log = logging.getLogger(__name__)
+
+USAGE_ERROR = 2
+# `harness boot` exits with its guest command's status, so its own failures
+# take codes commands seldom use: 125 as `docker run`, 124 as timeout(1).
+BOOT_FAILED = 125
+COMMAND_TIMED_OUT = 124
+STDIN_LIMIT = 64 << 20
 
 
 def _matrix(
@@ -69,6 +80,7 @@ def cmd_kernels_fetch(args: argparse.Namespace) -> int:
 def cmd_boot(args: argparse.Namespace) -> int:
     """Boot one kernel, run a command in it, print its output, exit with its status."""
     command = list(args.guest_command)
+    stdin = guest_stdin() if command else b""
     with DownloadProgress() as progress:
         matrix = _matrix(args, progress)
         targets = matrix.targets(args.kernel, args.arch)
@@ -78,27 +90,110 @@ def cmd_boot(args: argparse.Namespace) -> int:
             f"{args.arch} names {len(targets)}: pass one --arch"
         )
     target = targets[0]
+    temporary = not args.artefacts
     artefacts = Path(args.artefacts or tempfile.mkdtemp(prefix=f"harness-{target.id}-"))
     options = VMOptions(memory_mb=args.memory, boot_timeout=args.boot_timeout)
-    vm = matrix.vm(target, artefacts, options)
     if args.show_command:
-        # The VM is not started; its private directory stays, so the printed
-        # command (control socket included) runs as it is.
-        print(shlex.join(vm.argv))
+        # The VM is not started; its directories stay, so the printed command
+        # (console file and control socket included) runs as it is.
+        print(shlex.join(matrix.vm(target, artefacts, options).argv))
         return 0
+    status = BOOT_FAILED
+    try:
+        vm = matrix.vm(target, artefacts, options)
+        status = _boot_and_run(vm, command, stdin, args.timeout)
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+    finally:
+        if temporary:
+            _tidy(artefacts, keep=status != 0)
+    return status
+
+
+def guest_stdin() -> bytes:
+    """The guest command's stdin: ours, unless it is a terminal."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return b""
+    # The channel sends stdin whole, before the command starts.
+    data = sys.stdin.buffer.read(STDIN_LIMIT + 1)
+    if len(data) > STDIN_LIMIT:
+        raise HarnessError(
+            f"stdin holds more than {STDIN_LIMIT >> 20} MiB: `harness boot` sends "
+            "it to the guest whole; pass less, or </dev/null if the command reads none"
+        )
+    return data
+
+
+def _boot_and_run(vm: VM, command: list[str], stdin: bytes, timeout: float) -> int:
     with vm:
         if not command:
-            print(f"{target.id}: {vm.release} ready in {vm.boot_seconds:.1f} s")
+            print(f"{vm.kernel.id}: {vm.release} ready in {vm.boot_seconds:.1f} s")
             return 0
-        result = vm.run(command, timeout=args.timeout)
+        try:
+            result = vm.run(command, stdin=stdin, timeout=timeout)
+        except GuestCommandTimeout:
+            print(f"harness: error: {timed_out(command, timeout, vm)}", file=sys.stderr)
+            return COMMAND_TIMED_OUT
     sys.stdout.buffer.write(result.stdout)
     sys.stderr.buffer.write(result.stderr)
     return result.status
 
 
+def timed_out(command: Sequence[str], timeout: float, vm: VM) -> str:
+    """Why a guest command was stopped, and the option that gives it longer."""
+    scale = vm.accel.scale
+    scaled = f", scaled x{scale:g} for {vm.accel.name.upper()}" if scale != 1 else ""
+    return (
+        f"`{shlex.join(command)}` timed out after {timeout * scale:g} s "
+        f"(--timeout={timeout:g}{scaled}); pass a larger --timeout"
+    )
+
+
+def _tidy(artefacts: Path, keep: bool) -> None:
+    """Remove a run's temporary artefacts, or say where they are when it failed."""
+    if keep and any(artefacts.iterdir()):
+        print(
+            f"harness: console log and QEMU command kept in {artefacts}",
+            file=sys.stderr,
+        )
+    else:
+        shutil.rmtree(artefacts, ignore_errors=True)
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Check every setting the command uses, all at once, before it does anything."""
+    if args.command_name == "report":
+        return
+    check = Preflight()
+    check.environment()
+    catalogue = check.catalogue(args.catalogue or find_catalogue())
+    for name in ("kernel", "kernel_a", "kernel_b"):
+        if (value := getattr(args, name, None)) is not None:
+            check.kernels(catalogue, value, f"kernel {value}")
+    if (value := getattr(args, "kernels", None)) is not None:
+        check.kernels(catalogue, value, f"--kernels={value}")
+    check.arches(args.arch, f"--arch={args.arch}")
+    if args.command_name == "boot" and args.artefacts:
+        check.directory(Path(args.artefacts), f"--artefacts={args.artefacts}")
+    if args.command_name == "qualify":
+        check.tetragon(args.tetragon, f"--tetragon={args.tetragon}")
+        check.directory(args.output, f"--output={args.output}")
+    check.done()
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with `error_status`."""
+
+    error_status = USAGE_ERROR
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.error_status, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `harness` command."""
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = _Parser(prog="harness", description=__doc__)
     parser.add_argument("--catalogue", type=Path, help="kernels.yaml to use")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command_name", required=True)
@@ -118,14 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--arch", required=True, help="x86_64 or arm64")
     boot.add_argument("--memory", type=int, default=1024, help="guest MiB")
     boot.add_argument("--boot-timeout", type=float, help="seconds (default scales)")
-    boot.add_argument("--timeout", type=float, default=60.0, help="command timeout")
+    boot.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="command timeout in KVM seconds (x10 under TCG; default 60)",
+    )
     boot.add_argument("--artefacts", help="directory for console log and QEMU command")
     boot.add_argument(
         "--show-command",
         action="store_true",
         help="print the QEMU command, boot nothing",
     )
-    boot.epilog = "Everything after `--` is the command to run in the guest."
+    boot.epilog = (
+        "Everything after `--` is the command to run in the guest; stdin goes to it "
+        "unless it is a terminal. Exit status: the command's own; 124 when it timed "
+        "out; 125 when the harness failed (bad option, boot failure); 130 or 143 "
+        "when interrupted."
+    )
+    boot.error_status = BOOT_FAILED
     boot.set_defaults(func=cmd_boot)
 
     hooks_cli.add_parsers(sub)
@@ -150,13 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        with stop_on_signals(lambda line: write_stderr(f"harness: {line}")):
+            preflight(args)
+            return int(args.func(args))
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+        return BOOT_FAILED if args.command_name == "boot" else USAGE_ERROR
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):
+            print("harness: interrupted", file=sys.stderr)
+        return exit_status(e)
 
 
 if __name__ == "__main__":

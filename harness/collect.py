@@ -21,7 +21,12 @@ from harness.errors import ConfigError, HarnessError
 from harness.fixtures import target_properties
 from harness.loaderrors import LoadFailure
 from harness.matrix import Target
-from harness.plugin_state import agent_source_of, matrix_of, options_of, pool_of
+from harness.plugin_state import (
+    agent_source_of,
+    options_of,
+    pool_of,
+    targets_of,
+)
 from harness.runner import (
     Outcome,
     kernel_facts,
@@ -51,12 +56,7 @@ class ScenarioFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Item]:
         scenario = load_scenario(self.path)
-        opts = options_of(self.config)
-        try:
-            targets = matrix_of(self.config).targets(opts.kernels, opts.arches)
-        except HarnessError as e:
-            raise pytest.UsageError(str(e)) from e
-        for target in targets:
+        for target in targets_of(self.config):
             if scenario.expect_load_error is not None:
                 yield ScenarioItem.from_parent(
                     self, name=f"load[{target.id}]", scenario=scenario, case=None,

@@ -22,7 +22,7 @@ from harness.errors import HarnessError
 from harness.fixtures import target_properties
 from harness.inventory import Inventory
 from harness.matrix import Target
-from harness.plugin_state import matrix_of, options_of, pool_of
+from harness.plugin_state import matrix_of, pool_of, targets_of
 from harness.symbols import static_symbols
 
 INVENTORIES = pytest.StashKey[dict[str, Inventory]]()
@@ -50,12 +50,7 @@ class PolicyFile(pytest.File):
     """A TracingPolicy file; one hook-check item per target."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        opts = options_of(self.config)
-        try:
-            targets = matrix_of(self.config).targets(opts.kernels, opts.arches)
-        except HarnessError as e:
-            raise pytest.UsageError(str(e)) from e
-        for target in targets:
+        for target in targets_of(self.config):
             yield PolicyCheckItem.from_parent(
                 self, name=f"hooks[{target.id}]", target=target
             )

@@ -26,7 +26,13 @@ from debian.deb822 import Deb822, Release
 from debian.debian_support import Version
 
 from harness.cache import Cache, sha256_file
-from harness.errors import FetchError, IntegrityError, UnreachableError
+from harness.errors import (
+    ConfigError,
+    FetchError,
+    IntegrityError,
+    Problem,
+    UnreachableError,
+)
 from harness.settings import MIRROR_ENV
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,30 @@ class Package:
     size: int
     depends: str
     suite: str
+
+
+def index_ttl() -> float:
+    """Seconds a cached suite index counts as fresh: $HARNESS_INDEX_TTL or 6 hours."""
+    value = os.environ.get(INDEX_TTL_ENV, "").strip()
+    if not value:
+        return INDEX_TTL
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:
+        what = "negative" if seconds < 0 else "not a number of seconds"
+        raise ConfigError(
+            [
+                Problem(
+                    f"{INDEX_TTL_ENV}={value}",
+                    "",
+                    f"{what}; set it to a number of seconds, 0 or more (0 re-reads "
+                    f"indices every run), or unset it for {INDEX_TTL} (6 hours)",
+                )
+            ]
+        )
+    return seconds
 
 
 def _no_progress(label: str, done: int, total: int) -> None:
@@ -106,7 +136,7 @@ class Archive:
         key = hashlib.sha256(self.mirror.encode()).hexdigest()[:12]
         self.index_dir = cache.path("debian", "indices", key)
         self._packages: dict[tuple[str, str], list[Package]] = {}
-        self.index_ttl = float(os.environ.get(INDEX_TTL_ENV, INDEX_TTL))
+        self.index_ttl = index_ttl()
 
     # -- network -------------------------------------------------------------
 

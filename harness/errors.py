@@ -14,7 +14,7 @@ class HarnessError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One configuration problem: the file, the dotted key and what is wrong."""
+    """One configuration problem: where (a file, option or variable), key, what."""
 
     file: str
     key: str

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -10,8 +14,17 @@ from harness.collect import ScenarioFile, top_folder
 from harness.collect_policies import PolicyFile, report_status
 from harness.errors import HarnessError
 from harness.fixtures import _harness_properties, harness_matrix, target, vm
+from harness.interrupts import Interrupted, stop_running_vms, write_stderr
 from harness.matrix import Target
-from harness.plugin_state import POOL, matrix_of, options_of
+from harness.plugin_state import (
+    INI_DEFAULTS,
+    POOL,
+    check_run,
+    is_harness_run,
+    options_of,
+    targets_of,
+)
+from harness.vm import running
 
 __all__ = ["_harness_properties", "harness_matrix", "target", "vm"]
 
@@ -63,30 +76,72 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="extra argument for the agent, repeatable, e.g. "
         "--tetragon-arg=--disable-kprobe-multi (ini: harness_tetragon_args)",
     )
-    parser.addini("harness_tetragon_args", "extra agent arguments", default="")
-    parser.addini("harness_kernels", "default --kernels", default="default")
-    parser.addini("harness_tetragon", "default --tetragon", default="")
-    parser.addini("harness_arch", "default --arch", default="x86_64,arm64")
-    parser.addini("harness_artefacts", "default --artefacts", default="artefacts")
-    parser.addini("harness_memory", "guest memory in MiB", default="1024")
+    for name, help_text in (
+        ("harness_tetragon_args", "extra agent arguments"),
+        ("harness_kernels", "default --kernels"),
+        ("harness_tetragon", "default --tetragon"),
+        ("harness_arch", "default --arch"),
+        ("harness_artefacts", "default --artefacts"),
+        ("harness_memory", "guest memory in MiB"),
+    ):
+        parser.addini(name, help_text, default=INI_DEFAULTS[name])
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Declare the markers the harness uses."""
+    """Declare the markers; check every harness setting once, before collection."""
     config.addinivalue_line(
         "markers", "boot: boots real kernels in QEMU (deselect with -m 'not boot')"
     )
+    if config.option.help or not is_harness_run(config):
+        return
+    try:
+        check_run(config)
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.pluginmanager.register(InterruptStop(config), "harness-interrupts")
+
+
+class InterruptStop:
+    """On Ctrl-C or SIGTERM the run's VMs stop at once, and the run says so."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.previous: Any = None
+        # SIGTERM (a CI timeout, `harness qualify` stopping) ends the run like
+        # Ctrl-C: reports written, VMs stopped, instead of a silent death.
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._sigterm)
+
+    def _sigterm(self, signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_keyboard_interrupt(self) -> None:
+        """Stop every VM of this process without a polite power-off."""
+        notice = stop_running_vms()
+        if notice != "interrupted":
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(notice)
+            else:
+                write_stderr(notice)
+        pool = self.config.stash.get(POOL, None)
+        if pool is not None:
+            pool.close(interrupted=True)
+        for machine in running():
+            machine.close(interrupted=True)
+
+    def pytest_unconfigure(self) -> None:
+        """Give SIGTERM back its previous handler."""
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise `target` (and so `vm`) over the selected kernel x arch matrix."""
     if "target" not in metafunc.fixturenames:
         return
-    opts = options_of(metafunc.config)
-    try:
-        targets = matrix_of(metafunc.config).targets(opts.kernels, opts.arches)
-    except HarnessError as e:
-        raise pytest.UsageError(str(e)) from e
+    targets = targets_of(metafunc.config)
     metafunc.parametrize(
         "target", targets, ids=[t.id for t in targets], scope="session", indirect=True
     )

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from harness.agent import AgentSource
-from harness.catalogue import find_catalogue, load
+from harness.catalogue import Catalogue, find_catalogue, load
+from harness.errors import ConfigError, HarnessError, Problem
 from harness.matrix import Matrix, Target
+from harness.preflight import Preflight
 from harness.progress import DownloadProgress
 from harness.session import VMPool
 from harness.vm import VMOptions
@@ -35,44 +37,132 @@ TETRAGON_ARGS_ENV = "HARNESS_TETRAGON_ARGS"
 # Tetragon and its BPF objects unpack into the initramfs; give them room.
 AGENT_MEMORY_MB = 2048
 
+INI_DEFAULTS = {
+    "harness_kernels": "default",
+    "harness_arch": "x86_64,arm64",
+    "harness_artefacts": "artefacts",
+    "harness_memory": "1024",
+    "harness_tetragon": "",
+    "harness_tetragon_args": "",
+}
+
 OPTIONS = pytest.StashKey[Options]()
 AGENT = pytest.StashKey["AgentSource | None"]()
+CATALOGUE = pytest.StashKey[Catalogue]()
 MATRIX = pytest.StashKey[Matrix]()
+TARGETS = pytest.StashKey[list[Target]]()
 POOL = pytest.StashKey[VMPool]()
+# Options that only a run of the harness would be given.
+HARNESS_OPTIONS = (
+    "harness_kernels", "harness_arch", "harness_catalogue", "harness_artefacts",
+    "harness_boot_timeout", "harness_tetragon", "harness_tetragon_args",
+)  # fmt: skip
+
+
+def _where(config: pytest.Config, name: str, env: str = "") -> str:
+    """How an error names a setting: its flag, variable or ini key, with its value."""
+    flag = "--" + name.removeprefix("harness_").replace("_", "-")
+    if config.getoption(name):
+        return f"{flag}={config.getoption(name)}"
+    if env and os.environ.get(env):
+        return f"{env}={os.environ[env]}"
+    value = config.getini(name)
+    if config.inipath is not None and value != INI_DEFAULTS.get(name):
+        return f"{config.inipath}: {name} = {value!r}"
+    return f"{flag} (default {value})"
+
+
+def _setting(config: pytest.Config, name: str, env: str = "") -> str:
+    """A setting from its option, else its variable, else its ini key (same name)."""
+    value = config.getoption(name) or (os.environ.get(env, "") if env else "")
+    return str(value or config.getini(name))
 
 
 def options_of(config: pytest.Config) -> Options:
     """The merged options of this run."""
     if OPTIONS not in config.stash:
+        check = Preflight()
         timeout = config.getoption("harness_boot_timeout")
-        config.stash[OPTIONS] = Options(
-            kernels=config.getoption("harness_kernels")
-            or config.getini("harness_kernels"),
-            arches=config.getoption("harness_arch") or config.getini("harness_arch"),
-            artefacts=config.getoption("harness_artefacts")
-            or config.getini("harness_artefacts"),
-            boot_timeout=float(timeout) if timeout else None,
-            memory_mb=int(config.getini("harness_memory")),
-            tetragon=config.getoption("harness_tetragon")
-            or os.environ.get(TETRAGON_ENV, "")
-            or config.getini("harness_tetragon"),
+        where = f"--boot-timeout={timeout}"
+        memory = check.attempt(lambda: _memory(config))
+        options = Options(
+            kernels=_setting(config, "harness_kernels"),
+            arches=_setting(config, "harness_arch"),
+            artefacts=_setting(config, "harness_artefacts"),
+            boot_timeout=check.seconds(timeout, where) if timeout else None,
+            memory_mb=memory or 0,
+            tetragon=_setting(config, "harness_tetragon", TETRAGON_ENV),
             tetragon_args=tuple(
                 config.getoption("harness_tetragon_args")
                 or shlex.split(os.environ.get(TETRAGON_ARGS_ENV, ""))
                 or shlex.split(config.getini("harness_tetragon_args"))
             ),
         )
+        check.done()
+        config.stash[OPTIONS] = options
     return config.stash[OPTIONS]
+
+
+def _memory(config: pytest.Config) -> int:
+    value = str(config.getini("harness_memory"))
+    if not value.isdigit() or int(value) < 64:
+        where = f"{config.inipath or 'ini'}: harness_memory = {value!r}"
+        raise ConfigError([Problem(where, "", "expected guest MiB, 64 or more")])
+    return int(value)
+
+
+def catalogue_path(config: pytest.Config) -> Path:
+    """--catalogue, else the nearest kernels.yaml from the rootdir up."""
+    path: Path | None = config.getoption("harness_catalogue")
+    return path or find_catalogue(config.rootpath)
+
+
+def is_harness_run(config: pytest.Config) -> bool:
+    """Whether this run uses the harness: its options, a catalogue or a library."""
+    given = any(config.getoption(dest) for dest in HARNESS_OPTIONS)
+    # The harness collects YAML files under these folders of the rootdir.
+    library = any((config.rootpath / d).is_dir() for d in ("scenarios", "policies"))
+    return given or library or catalogue_path(config).is_file()
+
+
+def check_run(config: pytest.Config) -> None:
+    """Check every setting of the run at once; raise one ConfigError listing all."""
+    check = Preflight()
+    check.environment()
+    check.attempt(lambda: options_of(config))
+    catalogue = check.catalogue(catalogue_path(config))
+    if catalogue is not None:
+        config.stash[CATALOGUE] = catalogue
+    kernels, arches = "harness_kernels", "harness_arch"
+    check.kernels(catalogue, _setting(config, kernels), _where(config, kernels))
+    check.arches(_setting(config, arches), _where(config, arches))
+    artefacts = "harness_artefacts"
+    check.directory(Path(_setting(config, artefacts)), _where(config, artefacts))
+    tetragon = _setting(config, "harness_tetragon", TETRAGON_ENV)
+    check.tetragon(tetragon, _where(config, "harness_tetragon", TETRAGON_ENV))
+    check.done()
 
 
 def matrix_of(config: pytest.Config) -> Matrix:
     """The run's kernel matrix, created on first use."""
     if MATRIX not in config.stash:
-        path = config.getoption("harness_catalogue") or find_catalogue(config.rootpath)
+        catalogue = config.stash.get(CATALOGUE, None) or load(catalogue_path(config))
         config.stash[MATRIX] = Matrix(
-            load(path), progress=DownloadProgress(enabled=False)
+            catalogue, progress=DownloadProgress(enabled=False)
         )
     return config.stash[MATRIX]
+
+
+def targets_of(config: pytest.Config) -> list[Target]:
+    """The kernel x arch pairs this run covers (a usage error if it names none)."""
+    if TARGETS not in config.stash:
+        opts = options_of(config)
+        try:
+            targets = matrix_of(config).targets(opts.kernels, opts.arches)
+        except HarnessError as e:
+            raise pytest.UsageError(str(e)) from None
+        config.stash[TARGETS] = targets
+    return config.stash[TARGETS]
 
 
 def agent_source_of(config: pytest.Config) -> AgentSource | None:

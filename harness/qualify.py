@@ -10,10 +10,12 @@ each hook type, and each column's kernel fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,6 +58,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
 }
 FAILING = ("fail", "xpass")
 FILES = ("qualification.json", "qualification.md")
+# Seconds an interrupted pytest run gets to stop its VMs and write its reports.
+CHILD_STOP_SECONDS = 60.0
 # Test failures still make a report; only usage and internal errors stop it.
 OK_EXITS = (
     pytest.ExitCode.OK,
@@ -389,17 +393,40 @@ def pytest_argv(plan: Plan) -> list[str]:
     return argv + list(plan.pytest_args)
 
 
-def run_pytest(plan: Plan) -> int:
+def run_pytest(plan: Plan, say: Callable[[str], None] = log.warning) -> int:
     """Run the library; its output streams to the terminal as progress."""
     argv = pytest_argv(plan)
     log.info("running %s", shlex.join(argv))
-    done = subprocess.run(argv, cwd=plan.root, check=False)
-    if done.returncode not in OK_EXITS:
+    # Its own process group: a terminal's Ctrl-C reaches only this process,
+    # which passes it on once (a second SIGINT would cut pytest's cleanup short).
+    child = subprocess.Popen(
+        argv, cwd=plan.root, stdin=subprocess.DEVNULL, process_group=0
+    )
+    try:
+        code = child.wait()
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        say(f"passing {signal.Signals(signum).name} on to pytest (pid {child.pid})")
+        stop_child(child, signum)
+        raise
+    if code not in OK_EXITS:
         raise HarnessError(
-            f"pytest exited {done.returncode} (usage or internal error, not test "
+            f"pytest exited {code} (usage or internal error, not test "
             f"failures); run it by hand from {plan.root}: {shlex.join(argv)}"
         )
-    return done.returncode
+    return code
+
+
+def stop_child(child: subprocess.Popen[bytes], signum: int) -> None:
+    """Send `signum` to a child's process group; SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signum)
+    try:
+        child.wait(timeout=CHILD_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def scenario_policies(scenarios: Path, root: Path) -> dict[str, list[Path]]:
@@ -445,7 +472,7 @@ def run(plan: Plan, say: Callable[[str], None]) -> tuple[Qualification, list[Pat
     """Run the library (unless given a matrix), check hooks, write the report."""
     root = plan.root
     if plan.matrix is None:
-        code = run_pytest(plan)
+        code = run_pytest(plan, say)
         if code == pytest.ExitCode.NO_TESTS_COLLECTED:
             say("pytest collected nothing: the report has hook checks only")
         found = plan.output / "matrix" / "matrix.json"

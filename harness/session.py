@@ -46,6 +46,8 @@ class VMPool:
         self.options = options
         self.extra_files = extra_files
         self.slot: Slot[object] | None = None
+        # The VM being booted: an interrupt mid-boot leaves it to `close`.
+        self.starting: VM | None = None
         self.failed: dict[str, BaseException] = {}
 
     def vm(self, target: Target) -> VM:
@@ -59,15 +61,20 @@ class VMPool:
         machine = self.matrix.vm(
             target, self.artefacts / target.id / "vm", self.options, extra
         )
+        self.starting = machine
         try:
             machine.start()
+        except KeyboardInterrupt:
+            raise
         except BaseException as e:
+            self.starting = None
             machine.close()
             # A kernel that does not boot fails every test on it with the same
             # evidence, without booting again.
             if isinstance(e, Exception):
                 self.failed[target.id] = e
             raise
+        self.starting = None
         self.slot = Slot(target, machine)
         return machine
 
@@ -77,14 +84,17 @@ class VMPool:
         assert self.slot is not None
         return self.slot
 
-    def close(self) -> None:
-        """Stop the current VM and its agent."""
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the current VM and its agent; at once, when `interrupted`."""
         slot, self.slot = self.slot, None
+        starting, self.starting = self.starting, None
+        if starting is not None:
+            starting.close(interrupted)
         if slot is None:
             return
         try:
             stop = getattr(slot.agent, "stop", None)
-            if stop is not None:
+            if stop is not None and not interrupted:
                 stop()
         finally:
-            slot.vm.close()
+            slot.vm.close(interrupted)

@@ -22,14 +22,29 @@ from types import TracebackType
 from harness.accel import Accel
 from harness.arches import get_arch
 from harness.channel import Channel, Result
-from harness.errors import BootTimeout, ChannelError, KernelPanic, QemuStartError
+from harness.errors import (
+    BootTimeout,
+    ChannelError,
+    HarnessError,
+    KernelPanic,
+    QemuStartError,
+)
 from harness.kernels import Kernel
 
 log = logging.getLogger(__name__)
 
 # Seconds to readiness under KVM; multiplied by the accelerator's scale.
 BOOT_SECONDS = 12.0
+# Seconds QEMU gets to exit after SIGTERM before SIGKILL.
+STOP_GRACE = 2.0
 PR_SET_PDEATHSIG = 1
+# The VMs this process started and has not closed: what an interrupt stops.
+_RUNNING: set[VM] = set()
+
+
+def running() -> list[VM]:
+    """The VMs of this process whose QEMU may still run."""
+    return list(_RUNNING)
 
 
 def _die_with_parent() -> None:
@@ -139,6 +154,7 @@ class VM:
         self.channel: Channel | None = None
         self.release = ""
         self.boot_seconds = 0.0
+        self.interrupted = False
 
     @property
     def boot_timeout(self) -> float:
@@ -156,8 +172,8 @@ class VM:
     def __enter__(self) -> VM:
         try:
             self.start()
-        except BaseException:
-            self.close()
+        except BaseException as e:
+            self.close(interrupted=isinstance(e, KeyboardInterrupt))
             raise
         return self
 
@@ -167,16 +183,25 @@ class VM:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.close(interrupted=isinstance(exc, KeyboardInterrupt))
 
     def start(self) -> None:
         """Start QEMU and wait until the guest's control channel is ready."""
-        self.artefacts.mkdir(parents=True, exist_ok=True)
-        (self.artefacts / "qemu-cmd.txt").write_text(shlex.join(self.argv) + "\n")
+        try:
+            self.artefacts.mkdir(parents=True, exist_ok=True)
+            (self.artefacts / "qemu-cmd.txt").write_text(shlex.join(self.argv) + "\n")
+            stderr = (self.artefacts / "qemu-stderr.log").open("wb")
+        except OSError as e:
+            where = "" if e.filename == str(self.artefacts) else f" ({e.filename})"
+            raise HarnessError(
+                f"artefact directory {self.artefacts}: {e.strerror}{where}; "
+                "pass --artefacts a directory you can write"
+            ) from None
         log.debug("starting %s", shlex.join(self.argv))
         started = time.monotonic()
         deadline = started + self.boot_timeout
-        with (self.artefacts / "qemu-stderr.log").open("wb") as stderr:
+        _RUNNING.add(self)
+        with stderr:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
@@ -191,7 +216,8 @@ class VM:
         except TimeoutError:
             raise BootTimeout(
                 f"{self.kernel.id}: no readiness within {self.boot_timeout:.0f} s "
-                f"({self.accel.name}); console in {self.console_log}",
+                f"({self.accel.name}){self._accel_hint()}; console in "
+                f"{self.console_log}",
                 self.console_tail(),
             ) from None
         except ChannelError:
@@ -235,14 +261,19 @@ class VM:
         if not console.strip():
             return QemuStartError(
                 f"{self.kernel.id}: QEMU exited with status {status} before the guest "
-                f"started; command in {self.artefacts / 'qemu-cmd.txt'}:\n"
+                f"started{self._accel_hint()}; command in "
+                f"{self.artefacts / 'qemu-cmd.txt'}:\n"
                 + "\n".join(stderr.strip().splitlines()[-15:])
             )
         return QemuStartError(
             f"{self.kernel.id}: the guest stopped (QEMU status {status}) before it "
-            "was ready",
+            f"was ready{self._accel_hint()}",
             self.console_tail(),
         )
+
+    def _accel_hint(self) -> str:
+        hint = self.accel.hint()
+        return f" ({hint})" if hint else ""
 
     def run(
         self,
@@ -293,38 +324,50 @@ class VM:
             raise ChannelError("the VM is not running")
         return self.channel
 
-    def close(self) -> None:
-        """Power the guest off, and make sure QEMU is gone."""
+    def interrupt(self) -> None:
+        """Send QEMU SIGTERM now, and have `close` skip the power-off."""
+        # Only a flag and a signal: this runs inside signal handlers.
+        self.interrupted = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+    def close(self, interrupted: bool = False) -> None:
+        """Power the guest off (or stop it at once), and make sure QEMU is gone."""
+        if interrupted:
+            self.interrupt()
         try:
-            if (
-                self.channel is not None
+            # Only a guest that said READY can answer a power-off.
+            polite = (
+                not self.interrupted
+                and bool(self.release)
+                and self.channel is not None
                 and self.proc is not None
                 and self.proc.poll() is None
-            ):
+            )
+            if polite and self.channel is not None:
                 with contextlib.suppress(OSError):
                     self.channel.power_off(timeout=2 * self.accel.scale)
             if self.channel is not None:
                 self.channel.sock.close()
                 self.channel = None
             if self.proc is not None:
-                _stop(self.proc)
+                _stop(self.proc, first_wait=3.0 if polite else 0.0)
         finally:
+            _RUNNING.discard(self)
             shutil.rmtree(self.private, ignore_errors=True)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        proc.wait(timeout=3)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _stop(proc: subprocess.Popen[bytes], first_wait: float) -> None:
+    """Wait `first_wait` s for QEMU to exit, then SIGTERM, then SIGKILL."""
+    steps = ((None, first_wait), (signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 3.0))
+    for sig, seconds in steps:
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=3)
+            proc.wait(timeout=seconds)
             return
         except subprocess.TimeoutExpired:
             continue

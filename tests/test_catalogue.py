@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -275,3 +276,12 @@ def test_find_catalogue_walks_up(tmp_path: Path) -> None:
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
     assert find_catalogue(deep) == tmp_path / "kernels.yaml"
+
+
+def test_a_directory_is_not_a_catalogue(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a catalogue"):
+        load(tmp_path)
+    write(tmp_path, "kernels: []\n")
+    fix = f"pass --catalogue={tmp_path / 'kernels.yaml'}"
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        load(tmp_path)

@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from harness.cache import Cache
 from harness.catalogue import KernelSpec
-from harness.debian import Archive, Package, _parse_packages
-from harness.errors import FetchError, IntegrityError
+from harness.debian import (
+    INDEX_TTL,
+    INDEX_TTL_ENV,
+    Archive,
+    Package,
+    _parse_packages,
+    index_ttl,
+)
+from harness.errors import ConfigError, FetchError, IntegrityError
 from harness.kernels import in_series, resolve
 from harness.matrix import Matrix
 from harness.settings import debian_keyring
@@ -81,3 +89,20 @@ def test_tampered_release_fails_the_signature_check(
     checker = Archive(archive.mirror, harness_matrix.cache, debian_keyring())
     with pytest.raises(IntegrityError, match="signature check"):
         checker._verified_release(copy)
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan"])
+def test_a_bad_index_ttl_names_the_variable_and_what_it_takes(
+    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(INDEX_TTL_ENV, value)
+    wanted = rf"{INDEX_TTL_ENV}={value}: .*a number of seconds, 0 or more"
+    with pytest.raises(ConfigError, match=wanted):
+        Archive("http://mirror.test/debian", Cache(tmp_path), tmp_path / "keyring")
+
+
+def test_index_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(INDEX_TTL_ENV, "60")
+    assert index_ttl() == 60.0
+    monkeypatch.delenv(INDEX_TTL_ENV)
+    assert index_ttl() == INDEX_TTL

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,3 +155,49 @@ def test_qualify_over_a_given_matrix(tmp_path: Path) -> None:
     (fp,) = q.fingerprints
     assert fp.column == "6.1-x86_64" and len(fp.config_sha256) == 64 and fp.btf
     assert "policies/file-access-etc.yaml" in q.policy_ids()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie no longer does)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_sigterm_to_qualify_stops_its_pytest_run(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    root = tmp_path / "library"
+    (root / "scenarios").mkdir(parents=True)
+    (root / "scenarios" / "test_wait.py").write_text(
+        "import os, time\nfrom pathlib import Path\n\n"
+        f"def test_wait():\n    Path({str(pids)!r}, str(os.getpid())).touch()\n"
+        "    time.sleep(100)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "--catalogue", str(ROOT / "kernels.yaml"),
+         "qualify", "--tetragon=1.3.0", "--kernels=6.1", "--arch=x86_64",
+         f"--output={tmp_path / 'out'}"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(pids.iterdir()) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.1)
+        (test_pid,) = (int(p.name) for p in pids.iterdir())
+
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+
+        assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+        assert b"passing SIGTERM on to pytest" in output, output[-3000:]
+        assert not alive(test_pid), output[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for leftover in pids.iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(leftover.name), signal.SIGKILL)

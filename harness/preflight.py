@@ -1,0 +1,123 @@
+"""Up-front checks of a run's settings: every bad option, path or variable at once.
+
+The pytest plugin runs them at configure time (one usage error for the whole
+run, not one per collected file) and the `harness` command before it does
+anything. A typo costs one message naming the setting, its value and the fix,
+and nothing has been booted, downloaded or created by then.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from harness import accel, debian
+from harness.agent import source_kind
+from harness.arches import get_arch
+from harness.catalogue import Catalogue, load
+from harness.errors import ConfigError, HarnessError, Problem
+
+T = TypeVar("T")
+
+
+def writable_dir_problem(path: Path) -> str:
+    """Why files cannot be made under directory `path` (created if missing), or ""."""
+    probe = path.expanduser().absolute()
+    try:
+        # The nearest part of the path that exists decides.
+        while not (probe.exists() or probe.is_symlink()):
+            probe = probe.parent
+        is_dir = probe.is_dir()
+    except OSError as e:
+        return f"{probe} cannot be examined ({e.strerror}); pass another directory"
+    if not is_dir:
+        return f"{probe} is a file, not a directory; pass a directory (made if missing)"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user; pass a directory you can write"
+    return ""
+
+
+class Preflight:
+    """Collects the problems of a run's settings; `done()` raises them together."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def attempt(self, check: Callable[[], T]) -> T | None:
+        """Run one check, keeping its problems instead of stopping at them."""
+        try:
+            return check()
+        except ConfigError as e:
+            self.problems.extend(e.problems)
+        return None
+
+    def add(self, where: str, message: str) -> None:
+        """Note one problem of the setting `where` (`--kernels=9.9`)."""
+        self.problems.append(Problem(where, "", message))
+
+    def environment(self) -> None:
+        """The environment variables every boot reads."""
+        self.attempt(debian.index_ttl)
+        self.attempt(accel.forced_accel)
+
+    def catalogue(self, path: Path) -> Catalogue | None:
+        """The catalogue at `path`, or None (with its problems noted)."""
+        return self.attempt(lambda: load(path))
+
+    def kernels(self, catalogue: Catalogue | None, value: str, where: str) -> None:
+        """A kernel selection: catalogue names, comma separated, `default` or `all`."""
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if catalogue is None or names in ([], ["all"], ["default"]):
+            return
+        known = [k.name for k in catalogue.kernels]
+        for name in names:
+            if name not in known:
+                self.add(
+                    where,
+                    f"no kernel named {name!r} in {catalogue.path} (known: "
+                    f"{', '.join(known)}; or default, all)",
+                )
+
+    def arches(self, value: str, where: str) -> None:
+        """A comma list of guest arches."""
+        for name in (a.strip() for a in value.split(",")):
+            if not name:
+                continue
+            try:
+                get_arch(name)
+            except HarnessError as e:
+                self.add(where, str(e))
+
+    def directory(self, path: Path, where: str) -> None:
+        """A directory the run writes into: nothing in the way, writable."""
+        if problem := writable_dir_problem(path):
+            self.add(where, problem)
+
+    def tetragon(self, value: str, where: str) -> None:
+        """A Tetragon release: a path must exist (versions and URLs are fetched)."""
+        if not value.strip() or source_kind(value) != "path":
+            return
+        if not Path(value.strip()).expanduser().exists():
+            self.add(
+                where,
+                "no such file or directory; pass a Tetragon release tarball, its "
+                "unpacked directory, a URL or a version such as 1.3.0",
+            )
+
+    def seconds(self, value: str, where: str) -> float | None:
+        """A positive number of seconds, or None when it is not one (noted)."""
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not number > 0:
+            self.add(where, "expected a number of seconds above 0")
+            return None
+        return number
+
+    def done(self) -> None:
+        """Raise every problem found, in one ConfigError."""
+        if self.problems:
+            raise ConfigError(self.problems)

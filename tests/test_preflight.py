@@ -1,0 +1,172 @@
+"""Bad settings are found up front, all at once, each naming its fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.catalogue import load
+from harness.errors import ConfigError
+from harness.preflight import Preflight, writable_dir_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOGUE = ROOT / "kernels.yaml"
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A directory this user cannot create files in."""
+    path = tmp_path / "read-only"
+    path.mkdir(mode=0o555)
+    if os.access(path, os.W_OK):
+        # Root ignores file modes; procfs refuses new files even to root.
+        path = Path("/proc/1")
+    if os.access(path, os.W_OK):
+        pytest.skip("no directory here is unwritable for this user")
+    return path
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    check = Preflight()
+    check.kernels(load(CATALOGUE), "6.1,9.9", "--kernels=6.1,9.9")
+    check.arches("x86_64,sparc", "--arch=x86_64,sparc")
+    check.tetragon(str(tmp_path / "absent.tar.gz"), "--tetragon=absent")
+    check.tetragon("1.3.0", "--tetragon=1.3.0")
+    check.tetragon("https://example.test/t.tar.gz", "--tetragon=url")
+
+    with pytest.raises(ConfigError) as caught:
+        check.done()
+
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "3 problem(s) in configuration:"
+    assert lines[1].startswith("--kernels=6.1,9.9: no kernel named '9.9' in ")
+    assert "(known: 5.10, 6.1, 6.12, 7.x; or default, all)" in lines[1]
+    assert lines[2] == "--arch=x86_64,sparc: unknown arch 'sparc'; known: x86_64, arm64"
+    assert lines[3].startswith("--tetragon=absent: no such file or directory; pass ")
+
+
+def test_artefact_directories(tmp_path: Path, unwritable_dir: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert writable_dir_problem(tmp_path / "new" / "deeper") == ""
+    assert "is a file, not a directory" in writable_dir_problem(a_file)
+    assert "is a file, not a directory" in writable_dir_problem(a_file / "sub")
+    assert "not writable by this user" in writable_dir_problem(unwritable_dir / "x")
+    assert not (tmp_path / "new").exists()
+
+
+def pytest_run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run pytest on the policy library with `args`; its exit status and output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "scenarios", "policies", "-p",
+         "no:cacheprovider", "-q", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def cli_run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the `harness` command; its exit status and stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "--catalogue", str(CATALOGUE), *args],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    return done.returncode, done.stderr
+
+
+def one_clean_error(output: str, *wanted: str) -> None:
+    """Exactly one error line, naming every `wanted` piece, and no traceback."""
+    errors = [line for line in output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, output
+    assert "Traceback" not in output, output
+    for piece in wanted:
+        assert piece in errors[0], output
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "wanted"),
+    [
+        (["--kernels=9.9"], {}, ["--kernels=9.9", "known: 5.10"]),
+        (["--arch=sparc"], {}, ["--arch=sparc", "known: x86_64, arm64"]),
+        (["--catalogue=/"], {}, ["/: is a directory", "--catalogue="]),
+        (["--catalogue=/nonexistent.yaml"], {}, ["/nonexistent.yaml: not found"]),
+        (["--artefacts=README.md"], {}, ["--artefacts=README.md", "is a file"]),
+        (["--tetragon=/nonexistent"], {}, ["--tetragon=/nonexistent", "no such"]),
+        ([], {"HARNESS_TETRAGON": "/nonexistent"}, ["HARNESS_TETRAGON=/nonexistent"]),
+        ([], {"HARNESS_INDEX_TTL": "abc"}, ["HARNESS_INDEX_TTL=abc", "seconds"]),
+        ([], {"HARNESS_INDEX_TTL": "-1"}, ["HARNESS_INDEX_TTL=-1", "negative"]),
+        ([], {"HARNESS_ACCEL": "bogus"}, ["HARNESS_ACCEL=bogus", "kvm, tcg"]),
+    ],
+)
+def test_pytest_reports_a_bad_setting_once_as_a_usage_error(
+    args: list[str], env: dict[str, str], wanted: list[str]
+) -> None:
+    status, output = pytest_run("--arch=x86_64", "--kernels=6.1", *args, env=env)
+    assert status == pytest.ExitCode.USAGE_ERROR, output
+    one_clean_error(output, *wanted)
+
+
+def test_pytest_artefacts_in_an_unwritable_directory(unwritable_dir: Path) -> None:
+    status, output = pytest_run(f"--artefacts={unwritable_dir / 'artefacts'}")
+    assert status == pytest.ExitCode.USAGE_ERROR, output
+    one_clean_error(output, "--artefacts=", "not writable")
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "wanted"),
+    [
+        (["kernels", "list", "--arch=sparc"], 2, ["--arch=sparc"]),
+        (["kernels", "fetch", "9.9"], 2, ["kernel 9.9", "known: 5.10"]),
+        (["hooks", "check", "policies", "--kernels=9.9"], 2, ["--kernels=9.9"]),
+        (["qualify", "--tetragon=/nonexistent"], 2, ["--tetragon=/nonexistent"]),
+        (["--catalogue=/", "kernels", "list"], 2, ["/: is a directory"]),
+        (["boot", "9.9", "--arch=x86_64"], 125, ["kernel 9.9"]),
+        (["boot", "6.1", "--arch=x86_64", "--artefacts=README.md"], 125, ["is a file"]),
+    ],
+)
+def test_cli_reports_a_bad_setting_in_one_line(
+    args: list[str], status: int, wanted: list[str]
+) -> None:
+    got, stderr = cli_run(*args)
+    assert got == status, stderr
+    assert stderr.count("\n") == 1, stderr
+    one_clean_error(stderr, *wanted)
+
+
+def test_cli_reports_bad_variables(unwritable_dir: Path) -> None:
+    env = {"HARNESS_INDEX_TTL": "abc", "HARNESS_ACCEL": "bogus"}
+    artefacts = f"--artefacts={unwritable_dir}"
+    status, stderr = cli_run("boot", "6.1", "--arch=x86_64", artefacts, env=env)
+    assert status == 125, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[1:] == [
+        "HARNESS_INDEX_TTL=abc: not a number of seconds; set it to a number of "
+        "seconds, 0 or more (0 re-reads indices every run), or unset it for 21600 "
+        "(6 hours)",
+        "HARNESS_ACCEL=bogus: not an accelerator; accepted values: kvm, tcg (unset: "
+        "KVM when a trial guest runs under it, else TCG)",
+        f"{artefacts}: {unwritable_dir} is not writable by this user; pass a "
+        "directory you can write",
+    ]
+
+
+def test_a_library_without_a_catalogue_is_one_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "scenarios").mkdir()
+    for name in ("exec.yaml", "mount.yaml"):
+        (tmp_path / "scenarios" / name).write_text(
+            (ROOT / "scenarios" / name).read_text()
+        )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    one_clean_error(done.stderr, f"{tmp_path / 'kernels.yaml'}: not found")
