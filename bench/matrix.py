@@ -16,7 +16,9 @@ largest of them is the wall time of a nightly spread one job per target.
     .venv/bin/python bench/matrix.py --tetragon=DIR --runs=3 --agent-runs=2
 
 DIR holds one release tarball per arch (`tetragon-*-amd64.tar.gz`,
-`tetragon-*-arm64.tar.gz`). Without --tetragon only the baseline runs.
+`tetragon-*-arm64.tar.gz`). Without --tetragon only the baseline runs. With
+--json, the figures are written after every run; Ctrl-C prints those of the
+runs that completed.
 """
 
 from __future__ import annotations
@@ -141,17 +143,29 @@ def main() -> None:
         if index < wanted
     ]
     results: dict[str, list[dict[str, object]]] = {"firing": [], "tetragon": []}
-    for index, mode in enumerate(order, 1):
-        with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
-            run = run_once(mode, args, Path(tmp))
-        results[mode].append(run)
-        print(
-            f"run {index}/{len(order)} {mode}: {float(str(run['wall'])):.1f} s, "
-            f"{run['summary']}, load average {os.getloadavg()[1]:.1f}",
-            flush=True,
-        )
-
+    try:
+        for index, mode in enumerate(order, 1):
+            with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
+                run = run_once(mode, args, Path(tmp))
+            run["load_average"] = os.getloadavg()[1]
+            results[mode].append(run)
+            print(
+                f"run {index}/{len(order)} {mode}: {float(str(run['wall'])):.1f} s, "
+                f"{run['summary']}, load average {run['load_average']:.1f}",
+                flush=True,
+            )
+            if args.json:  # kept run by run: a long bench may be cut short
+                args.json.write_text(json.dumps({"results": results}))
+    except KeyboardInterrupt:
+        if not results["firing"]:
+            raise
+        print("interrupted: figures of the runs that completed", flush=True)
     print(f"\nmatrix --kernels={args.kernels} --arch={args.arch}, pytest -n{args.jobs}")
+    summarize(results)
+
+
+def summarize(results: dict[str, list[dict[str, object]]]) -> None:
+    """Medians per mode, the agent's ratio, and seconds per target."""
     for mode, runs in results.items():
         if runs:
             print(describe(mode, runs))
@@ -168,8 +182,6 @@ def main() -> None:
         print(line)
     for mode, per in medians.items():
         print(f"largest target, {mode}: {max(per.values()):.1f} s")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "medians": medians}))
 
 
 if __name__ == "__main__":
