@@ -5,6 +5,12 @@ hang), so the device's presence proves nothing. The trial boots a few bytes of
 guest code that ask QEMU to exit; if QEMU has not exited within seconds, KVM
 is declared unusable and TCG is used. The verdict is cached per host boot.
 $HARNESS_ACCEL=kvm or =tcg overrides the trial (and its cached verdict).
+
+A passed trial is necessary, not sufficient: under some nested hypervisors the
+trial's real-mode code runs but a kernel hangs once it leaves real mode. So a
+real guest that is not ready in time under an unforced KVM is booted again
+under TCG, and when that works `demote` records TCG as the verdict for the
+rest of the host boot (every worker reads it before its next boot).
 """
 
 from __future__ import annotations
@@ -154,9 +160,22 @@ def choose(arch: str, cache: Cache | None = None) -> Accel:
     if cached is not None:
         return cached
     accel = _trial(arch)
+    _record(verdict_file, accel)
+    return accel
+
+
+def demote(arch: str, cache: Cache | None, reason: str) -> Accel:
+    """TCG for `arch` until the host reboots: KVM failed a real guest."""
+    accel = Accel("tcg", 10.0, reason)
+    log.warning("accelerator for %s: tcg from now on (%s)", arch, reason)
+    if cache is not None:
+        _record(cache.path("accel", f"kvm-{arch}.json"), accel)
+    return accel
+
+
+def _record(verdict_file: Path, accel: Accel) -> None:
     verdict = {"name": accel.name, "scale": accel.scale, "reason": accel.reason}
     _write_atomic(verdict_file, json.dumps({**verdict, "boot_id": _boot_id()}))
-    return accel
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -38,6 +38,9 @@ def _harness_properties(request: pytest.FixtureRequest) -> None:
     if "target" not in request.fixturenames:
         return
     chosen: Target = request.getfixturevalue("target")
+    if "vm" in request.fixturenames:
+        # Booted first: a guest that fell back from KVM to TCG says so.
+        request.getfixturevalue("vm")
     for name, value in target_properties(request.config, chosen):
         request.node.user_properties.append((name, value))
 

@@ -87,8 +87,16 @@ class Matrix:
 
     def accel(self, arch: str) -> accel_mod.Accel:
         """The accelerator for guests of `arch` (trial run once per host boot)."""
-        if arch not in self._accels:
-            self._accels[arch] = accel_mod.choose(arch, self.cache)
+        chosen = self._accels.get(arch)
+        if chosen is None or (chosen.name == "kvm" and not chosen.forced):
+            # Read again each time: another worker may have demoted KVM.
+            chosen = accel_mod.choose(arch, self.cache)
+            self._accels[arch] = chosen
+        return chosen
+
+    def demote(self, arch: str, reason: str) -> accel_mod.Accel:
+        """TCG for `arch` from now on, in this process and in the cache."""
+        self._accels[arch] = accel_mod.demote(arch, self.cache, reason)
         return self._accels[arch]
 
     def initrd(self, kernel: Kernel, extra: dict[str, bytes] | None = None) -> Path:
@@ -137,4 +145,5 @@ class Matrix:
             self.accel(target.arch),
             artefacts,
             options,
+            on_kvm_failure=lambda reason: self.demote(target.arch, reason),
         )

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -139,9 +139,14 @@ class VM:
         accel: Accel,
         artefacts: Path,
         options: VMOptions | None = None,
+        on_kvm_failure: Callable[[str], Accel] | None = None,
     ) -> None:
         self.kernel = kernel
+        self.initrd = initrd
         self.accel = accel
+        # Called when this guest hung under a KVM the trial chose but booted
+        # under TCG; returns the accelerator to record (see harness.accel).
+        self.on_kvm_failure = on_kvm_failure
         self.options = options or VMOptions()
         self.artefacts = artefacts
         self.console_log = artefacts / "console.log"
@@ -186,7 +191,55 @@ class VM:
         self.close(interrupted=isinstance(exc, KeyboardInterrupt))
 
     def start(self) -> None:
-        """Start QEMU and wait until the guest's control channel is ready."""
+        """Start QEMU and wait until the guest's control channel is ready.
+
+        A guest that is not ready in time (or whose QEMU exits) under a KVM the
+        trial chose, not forced, is booted again under TCG; if that works, KVM
+        is demoted.
+        """
+        try:
+            self._boot()
+            return
+        except (BootTimeout, QemuStartError) as e:
+            if self.accel.name != "kvm" or self.accel.forced:
+                raise
+            kvm_error = e
+        reason = (
+            f"a {self.kernel.id} guest under KVM failed although the KVM trial "
+            f"ran ({str(kvm_error).splitlines()[0]})"
+        )
+        log.warning("%s; booting it again under TCG", reason)
+        self._halt()
+        for name in ("console.log", "qemu-stderr.log"):
+            # The KVM attempt's evidence stays beside the TCG boot's.
+            with contextlib.suppress(OSError):
+                kept = name.replace(".log", "-kvm.log")
+                (self.artefacts / name).replace(self.artefacts / kept)
+        self.accel = Accel("tcg", 10.0, reason)
+        self.argv = qemu_argv(
+            self.kernel, self.initrd, self.accel, self.console_log,
+            self.sock_path, self.options,
+        )  # fmt: skip
+        try:
+            self._boot()
+        except HarnessError as e:
+            e.add_note(f"booted under TCG after it failed under KVM: {reason}")
+            raise
+        if self.on_kvm_failure is not None:
+            self.accel = self.on_kvm_failure(reason)
+
+    def _halt(self) -> None:
+        """Stop QEMU at once and forget the channel, so `_boot` can run again."""
+        if self.channel is not None:
+            self.channel.sock.close()
+            self.channel = None
+        if self.proc is not None:
+            _stop(self.proc, first_wait=0.0)
+            self.proc = None
+        with contextlib.suppress(FileNotFoundError):
+            self.sock_path.unlink()
+
+    def _boot(self) -> None:
         try:
             self.artefacts.mkdir(parents=True, exist_ok=True)
             (self.artefacts / "qemu-cmd.txt").write_text(shlex.join(self.argv) + "\n")

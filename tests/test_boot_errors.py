@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from harness.accel import ACCEL_ENV, kvm_trial
+from harness.accel import ACCEL_ENV, Accel, choose, demote, kvm_trial
 from harness.arches import host_arch
+from harness.cache import Cache
 from harness.errors import BootTimeout, HarnessError, KernelPanic, QemuStartError
 from harness.matrix import Matrix, Target
-from harness.vm import VMOptions
+from harness.vm import VM, VMOptions, running
 
 pytestmark = pytest.mark.boot
 
@@ -92,3 +94,37 @@ def test_an_artefact_path_that_is_a_file_says_so(
         harness_matrix.vm(x86, in_the_way / "vm"),
     ):
         pass
+
+
+def test_a_guest_kvm_cannot_boot_comes_up_under_tcg_and_kvm_is_demoted(
+    harness_matrix: Matrix, tmp_path: Path
+) -> None:
+    # Nested KVM can pass the trial and still hang real kernels. A KVM whose
+    # every wait is scaled to 1/1000 (12 ms to readiness) fails a real guest
+    # the same way on any host, with or without a working KVM.
+    host = host_arch()
+    if host is None:
+        pytest.skip("no guest arch is the host's, so KVM is never chosen")
+    target = harness_matrix.targets("6.1", host)[0]
+    kernel = harness_matrix.kernel(target)
+    own_cache = Cache(tmp_path / "cache")
+    artefacts = tmp_path / "vm"
+    hung_kvm = Accel("kvm", 0.001, "KVM trial guest ran")
+
+    with VM(
+        kernel,
+        harness_matrix.initrd(kernel),
+        hung_kvm,
+        artefacts,
+        on_kvm_failure=lambda reason: demote(host, own_cache, reason),
+    ) as vm:
+        assert vm.run(["uname", "-r"]).stdout.decode().strip() == kernel.release
+        assert vm.accel.name == "tcg"
+
+    assert "-accel tcg" in (artefacts / "qemu-cmd.txt").read_text()
+    assert (artefacts / "qemu-stderr-kvm.log").is_file()
+    verdict = json.loads(own_cache.path("accel", f"kvm-{host}.json").read_text())
+    assert verdict["name"] == "tcg"
+    assert "guest under KVM failed although the KVM trial ran" in verdict["reason"]
+    assert choose(host, own_cache).name == "tcg"
+    assert not running()
