@@ -18,7 +18,8 @@ largest of them is the wall time of a nightly spread one job per target.
 DIR holds one release tarball per arch (`tetragon-*-amd64.tar.gz`,
 `tetragon-*-arm64.tar.gz`). Without --tetragon only the baseline runs. With
 --json, the figures are written after every run; Ctrl-C prints those of the
-runs that completed.
+runs that completed. With --keep DIR, each run's junit XML and reports are
+copied to DIR/N-MODE, to read its failures and reasons afterwards.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -81,6 +83,14 @@ def run_once(mode: str, args: argparse.Namespace, work: Path) -> dict[str, objec
     }
 
 
+def keep(work: Path, dest: Path) -> None:
+    """Copy a run's junit and reports (not its artefacts) to `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(work / "junit.xml", dest / "junit.xml")
+    if (work / "reports").is_dir():
+        shutil.copytree(work / "reports", dest / "reports", dirs_exist_ok=True)
+
+
 def per_target(junit: Path) -> dict[str, float]:
     """Seconds per target: the sum of its test cases' times in the junit XML."""
     totals: dict[str, float] = defaultdict(float)
@@ -130,6 +140,9 @@ def main() -> None:
     parser.add_argument("--tetragon", help="release tarballs, one per arch")
     parser.add_argument("--tetragon-arg", action="append", default=[])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--keep", type=Path, help="keep each run's junit and reports under DIR/N-MODE"
+    )
     args = parser.parse_args()
     if args.tetragon and not Path(args.tetragon).exists():
         parser.error(f"--tetragon {args.tetragon}: no such file or directory")
@@ -147,6 +160,8 @@ def main() -> None:
         for index, mode in enumerate(order, 1):
             with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
                 run = run_once(mode, args, Path(tmp))
+                if args.keep:
+                    keep(Path(tmp), args.keep / f"{index}-{mode}")
             run["load_average"] = os.getloadavg()[1]
             results[mode].append(run)
             print(
