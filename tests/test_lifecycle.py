@@ -87,7 +87,14 @@ def stop(proc: subprocess.Popen[bytes], sig: int) -> tuple[bytes, float]:
     """Send `sig`; the output and the seconds until the process ended."""
     sent = time.monotonic()
     proc.send_signal(sig)
-    output, _ = proc.communicate(timeout=60)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        # pytest's faulthandler prints every thread's stack on SIGABRT: where
+        # the process hangs is the evidence this failure needs.
+        proc.send_signal(signal.SIGABRT)
+        output, _ = proc.communicate(timeout=30)
+        pytest.fail(f"still running 60 s after {sig!r}:\n{output[-6000:].decode()}")
     return output, time.monotonic() - sent
 
 
