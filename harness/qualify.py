@@ -464,7 +464,8 @@ def fingerprints(
 
 def agent_of(matrix: Matrix, fallback: str) -> str:
     """The agent the cells report (`tetragon v1.3.0`), else what was asked for."""
-    seen = {c.prop("agent") for c in matrix.cells} - {"", "none (firing check)"}
+    seen = {c.prop("agent") for c in matrix.cells}
+    seen -= {"", results.AGENT_NONE, results.AGENT_NOT_STARTED}
     return ", ".join(sorted(seen)) or fallback
 
 

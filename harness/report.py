@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import jinja2
 
-from harness.results import CHANGE_KINDS, Cell, Column, Diff, Matrix, dumps
+from harness.results import AGENT_NONE, CHANGE_KINDS, Cell, Column, Diff, Matrix, dumps
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,32 @@ def md_escape(text: str) -> str:
 
 
 def column_title(col: Column) -> list[str]:
-    """Header lines of a column: name, exact version, arch and accelerator."""
+    """Header lines of a column: name, exact version, arch, accelerator, agent."""
     return [
         col.kernel,
         col.kernel_version or "version unknown",
         f"{col.arch} · {col.accelerator or 'accel unknown'}",
+        col.agent or "agent unknown",
     ]
+
+
+def mode(matrix: Matrix) -> str:
+    """Which mode ran: events asserted by an agent, or firing checks without one."""
+    agents = sorted({c.agent for c in matrix.columns} - {""})
+    if not agents:
+        return "mode: unknown (no column records its agent)"
+    if agents == [AGENT_NONE]:
+        return (
+            "mode: no agent: scenarios ran as firing checks (each hook probed "
+            "through tracefs while the workload ran; events not asserted), "
+            "and hook checks of every policy"
+        )
+    named = [a for a in agents if a != AGENT_NONE]
+    text = f"mode: events asserted by {', '.join(named)}"
+    if AGENT_NONE in agents:
+        none = [c.id for c in matrix.columns if AGENT_NONE in c.agent]
+        text += f"; firing checks without an agent on {', '.join(none)}"
+    return text
 
 
 def summary(matrix: Matrix) -> str:
@@ -100,7 +120,7 @@ def render_markdown(
     matrix: Matrix, base: str = "", title: str = "Kernel matrix"
 ) -> str:
     """The matrix as GitHub-flavoured Markdown; `base` prefixes artefact links."""
-    out = [f"## {title}", "", f"**{summary(matrix)}**", ""]
+    out = [f"## {title}", "", f"**{summary(matrix)}**", "", md_escape(mode(matrix)), ""]
     if matrix.incomplete:
         out += ["> ⚠️ The run was interrupted: this matrix is incomplete.", ""]
     if not matrix.cells:
@@ -168,6 +188,7 @@ td.none { background: #fff; color: #8c959f; }
 <body>
 <h1>{{ title }}</h1>
 <p class="summary">{{ summary }}</p>
+<p class="mode">{{ mode }}</p>
 {% if matrix.incomplete %}<p class="banner">The run was interrupted: this matrix
 is incomplete.</p>{% endif %}
 {% if not matrix.cells %}<p>No test ran on a kernel target.</p>{% else %}
@@ -178,6 +199,7 @@ is incomplete.</p>{% endif %}
 <div class="meta version">{{ col.kernel_version or "version unknown" }}</div>
 <div class="meta release">{{ col.kernel_release }}</div>
 <div class="meta">{{ col.arch }} · {{ col.accelerator or "accel unknown" }}</div>
+<div class="meta agent">{{ col.agent or "agent unknown" }}</div>
 </th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in matrix.rows %}<tr><th class="row" scope="row">{{ row }}</th>
@@ -223,6 +245,7 @@ def render_html(matrix: Matrix, base: str = "", title: str = "Kernel matrix") ->
         matrix=matrix,
         title=title,
         summary=summary(matrix),
+        mode=mode(matrix),
         tooltip=_tooltip,
         counts=counts,
         href=lambda a: link(a, base),

@@ -108,8 +108,8 @@ def _missing(item: pytest.Item, target: Target) -> dict[str, str]:
             if ready is not None:
                 found["agent_ready_seconds"] = f"{ready:.2f}"
     if not opts.tetragon:
-        found["agent"] = "none (firing check)"
-    found.setdefault("agent", "tetragon (not started on this target)")
+        found["agent"] = results.AGENT_NONE
+    found.setdefault("agent", results.AGENT_NOT_STARTED)
     digest = _policy_digest(item)
     if digest:
         found["policy_sha256"] = digest
@@ -220,6 +220,7 @@ class MatrixRecorder:
         tr = terminalreporter
         tr.write_sep("-", "harness matrix")
         tr.write_line(render.summary(self.matrix))
+        tr.write_line(render.mode(self.matrix))
         run_dir = self.config.invocation_params.dir
         rel = [render.shown(p, run_dir) for p in self.written]
         tr.write_line(f"reports: {render.describe(rel)}")

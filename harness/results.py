@@ -35,7 +35,11 @@ RANK: dict[str, int] = {
 FORMAT = 1
 KIND = "harness-matrix"
 # Properties that describe the column (the target), not the cell.
-COLUMN_FACTS = ("kernel_version", "kernel_release", "accelerator")
+COLUMN_FACTS = ("kernel_version", "kernel_release", "accelerator", "agent")
+# The `agent` property of a run without --tetragon, and of a cell that ran
+# before its target's agent started (a hook check needs no agent).
+AGENT_NONE = "none (firing check)"
+AGENT_NOT_STARTED = "tetragon (not started on this target)"
 REASON_MAX = 200
 # Lines of a plain-text failure that the cell shows elsewhere (its links).
 SAID = ("artefacts: ",)
@@ -65,6 +69,7 @@ class Column:
     kernel_version: str = ""
     kernel_release: str = ""
     accelerator: str = ""
+    agent: str = ""
 
     @property
     def id(self) -> str:
@@ -170,6 +175,9 @@ def _merge_column(cols: Sequence[Column]) -> Column:
     # between jobs) or ran on different accelerators show every value seen.
     def joined(name: str) -> str:
         values = {getattr(c, name) for c in cols} - {""}
+        if name == "agent" and len(values) > 1:
+            # The cells before the agent started say nothing about which one ran.
+            values.discard(AGENT_NOT_STARTED)
         return ", ".join(sorted(values, key=natural_key))
 
     first = cols[0]
@@ -364,9 +372,20 @@ def from_json(data: Any, source: str = "matrix.json") -> Matrix:
              for i, c in enumerate(raw_cells)]  # fmt: skip
     if problems:
         raise ConfigError(problems)
+    read = [c for c in cells if c]
     return build(
-        (c for c in columns if c), (c for c in cells if c), bool(data.get("incomplete"))
+        (_with_agent(c, read) for c in columns if c), read, bool(data.get("incomplete"))
     )
+
+
+def _with_agent(column: Column, cells: Sequence[Cell]) -> Column:
+    # A document written before columns recorded their agent: its cells did.
+    if column.agent:
+        return column
+    cols = [
+        replace(column, agent=c.prop("agent")) for c in cells if c.column == column.id
+    ]
+    return _merge_column([column, *cols])
 
 
 def _list(data: Mapping[str, Any], key: str, src: str, out: list[Problem]) -> list[Any]:

@@ -70,16 +70,53 @@ def test_diff_golden(recorded: Matrix) -> None:
     golden("diff.txt", "\n".join(report.diff_lines(d)) + "\n")
 
 
-def test_column_headers_name_kernel_version_arch_and_accelerator(
+def test_column_headers_name_kernel_version_arch_accelerator_and_agent(
     recorded: Matrix,
 ) -> None:
     md = report.render_markdown(recorded)
     col = recorded.columns[0]
-    head = md.splitlines()[4]
+    head = next(line for line in md.splitlines() if line.startswith("|  |"))
     assert col.kernel in head and col.kernel_version in head and col.accelerator in head
+    assert "none (firing check)" in head
     html = report.render_html(recorded)
     assert f'<div class="meta version">{col.kernel_version}</div>' in html
     assert col.kernel_release in html
+    assert '<div class="meta agent">none (firing check)</div>' in html
+
+
+def with_agents(m: Matrix, agents: dict[str, str]) -> Matrix:
+    """The matrix with each named column's agent replaced."""
+    cols = [replace(c, agent=agents.get(c.id, c.agent)) for c in m.columns]
+    return results.build(cols, m.cells)
+
+
+def test_every_report_says_which_mode_ran(recorded: Matrix) -> None:
+    firing = report.mode(recorded)
+    assert firing.startswith("mode: no agent: scenarios ran as firing checks")
+    assert report.md_escape(firing) in report.render_markdown(recorded)
+    assert f'<p class="mode">{firing}</p>' in report.render_html(recorded)
+
+    agent = with_agents(recorded, {c.id: "tetragon v1.7.0" for c in recorded.columns})
+    assert report.mode(agent) == "mode: events asserted by tetragon v1.7.0"
+
+    mixed = with_agents(recorded, {"6.1-arm64": "tetragon v1.7.0"})
+    assert report.mode(mixed) == (
+        "mode: events asserted by tetragon v1.7.0; firing checks without an agent "
+        "on 6.1-x86_64, 6.12-arm64, 6.12-x86_64"
+    )
+
+
+def test_a_column_reports_the_agent_its_cells_ran_with(recorded: Matrix) -> None:
+    # Hook checks run before the agent starts; the column names the agent anyway.
+    cells = [
+        replace(c, properties=(("agent", results.AGENT_NOT_STARTED),))
+        if c.row.endswith("::hooks")
+        else replace(c, properties=(("agent", "tetragon v1.7.0"),))
+        for c in recorded.cells
+    ]
+    columns = [replace(c, agent="") for c in recorded.columns]
+    reread = results.from_json(results.to_json(results.build(columns, cells)))
+    assert {c.agent for c in reread.columns} == {"tetragon v1.7.0"}
 
 
 def test_html_needs_no_network(recorded: Matrix) -> None:
