@@ -73,20 +73,22 @@ def column_title(col: Column) -> list[str]:
 
 def mode(matrix: Matrix) -> str:
     """Which mode ran: events asserted by an agent, or firing checks without one."""
-    agents = sorted({c.agent for c in matrix.columns} - {""})
+    # A merged column lists every agent its shards ran, comma-separated.
+    per_column = {c.id: set(c.agent.split(", ")) - {""} for c in matrix.columns}
+    agents = set().union(*per_column.values())
     if not agents:
         return "mode: unknown (no column records its agent)"
-    if agents == [AGENT_NONE]:
+    if agents == {AGENT_NONE}:
         return (
             "mode: no agent: scenarios ran as firing checks (each hook probed "
             "through tracefs while the workload ran; events not asserted), "
             "and hook checks of every policy"
         )
-    named = [a for a in agents if a != AGENT_NONE]
+    named = sorted(agents - {AGENT_NONE})
     text = f"mode: events asserted by {', '.join(named)}"
-    if AGENT_NONE in agents:
-        none = [c.id for c in matrix.columns if AGENT_NONE in c.agent]
-        text += f"; firing checks without an agent on {', '.join(none)}"
+    firing = [col for col, seen in per_column.items() if AGENT_NONE in seen]
+    if firing:
+        text += f"; firing checks without an agent on {', '.join(firing)}"
     return text
 
 

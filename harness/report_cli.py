@@ -97,6 +97,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     base = report.link_base(args.run_dir, args.output)
     paths = report.write_reports(merged, args.output, base, args.title)
     print(report.summary(merged))
+    print(report.mode(merged))
     print(f"merged {len(args.shards)} shard(s): {report.describe(paths)}")
     return 0
 

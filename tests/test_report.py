@@ -104,6 +104,11 @@ def test_every_report_says_which_mode_ran(recorded: Matrix) -> None:
         "mode: events asserted by tetragon v1.7.0; firing checks without an agent "
         "on 6.1-x86_64, 6.12-arm64, 6.12-x86_64"
     )
+    both = results.merge([recorded, agent])
+    assert report.mode(both) == (
+        "mode: events asserted by tetragon v1.7.0; firing checks without an agent "
+        "on 6.1-arm64, 6.1-x86_64, 6.12-arm64, 6.12-x86_64"
+    )
 
 
 def test_a_column_reports_the_agent_its_cells_ran_with(recorded: Matrix) -> None:
