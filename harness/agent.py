@@ -41,6 +41,7 @@ GUEST_DIR = "/run/tetragon"
 EXPORT = f"{GUEST_DIR}/events.jsonl"
 AGENT_LOG = f"{GUEST_DIR}/agent.log"
 READY_LINE = 'msg="Listening for events..."'
+BINARY = "usr/local/bin/tetragon"
 ELF_MACHINES = {62: "x86_64", 183: "arm64"}
 
 
@@ -77,6 +78,40 @@ def _release_root(directory: Path) -> Path | None:
         if (candidate / "usr" / "local" / "bin" / "tetragon").is_file():
             return candidate
     return None
+
+
+def _has_binary(tarball: Path) -> bool:
+    with tarfile.open(tarball) as tar:
+        return any(m.isfile() and f"/{m.name}".endswith(f"/{BINARY}") for m in tar)
+
+
+def release_problem(path: Path) -> str:
+    """Why `path` is no Tetragon release (tarball, its directory, tarballs), or ""."""
+    if path.is_dir():
+        tarballs = sorted(
+            t for arch in ARCHES.values() for t in path.glob(f"*-{arch.debian}.tar.gz")
+        )
+        if not tarballs:
+            if _release_root(path) is not None:
+                return ""
+            return (
+                f"no {BINARY} in it, nor a tetragon-*-amd64.tar.gz or "
+                "-arm64.tar.gz; pass a release tarball, its unpacked directory or "
+                "a directory of release tarballs"
+            )
+        for tarball in tarballs:
+            if problem := release_problem(tarball):
+                return f"{tarball.name}: {problem}"
+        return ""
+    fix = "pass a Tetragon release tarball such as tetragon-v1.7.0-amd64.tar.gz"
+    try:
+        if _has_binary(path):
+            return ""
+    except tarfile.ReadError:
+        return f"not a tar archive (plain, gzip, bzip2 or xz); {fix}"
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return f"cannot be read ({e}); {fix}"
+    return f"a tarball without {BINARY}; pass a Tetragon release tarball"
 
 
 def _version_of(root: Path) -> str:
@@ -145,8 +180,19 @@ class AgentSource:
         entry = self.cache.path("agents", digest[:16])
 
         def unpack(tmp: Path) -> None:
-            with tarfile.open(tarball) as tar:
-                tar.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(tarball) as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, EOFError) as e:
+                raise HarnessError(
+                    f"--tetragon={self.value}: {tarball} cannot be unpacked "
+                    f"({' '.join(str(e).split())}); pass a Tetragon release tarball"
+                ) from e
+            if _release_root(tmp) is None:
+                raise HarnessError(
+                    f"--tetragon={self.value}: {tarball} holds no {BINARY}; pass a "
+                    "Tetragon release tarball"
+                )
 
         def valid(path: Path) -> bool:
             return _release_root(path) is not None

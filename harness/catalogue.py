@@ -77,7 +77,25 @@ class Catalogue:
             return list(self.kernels)
         if wanted in ([], ["default"]):
             return [k for k in self.kernels if k.default]
-        return [self.get(n) for n in wanted]
+        return [self.get(n) for n in dict.fromkeys(wanted)]
+
+    def why_none_on(self, kernels: str, arches: str) -> str:
+        """Why `kernels` names no kernel on `arches`, and what would; "" if it does."""
+        wanted = {a.strip() for a in arches.split(",") if a.strip()}
+        specs = self.select(kernels)
+        if any(not wanted or wanted & set(s.arches) for s in specs):
+            return ""
+        if not specs:
+            return (
+                f"names no kernel: no entry of {self.path} has `default: true`; "
+                "name kernels, pass --kernels=all or mark an entry `default: true`"
+            )
+        built = "; ".join(f"{s.name} on {', '.join(s.arches)}" for s in specs)
+        return (
+            f"no kernel of --kernels={kernels} is listed for --arch={arches} "
+            f"({self.path} has {built}); pass one of those arches or add yours to "
+            "the entry's `arch:` list"
+        )
 
 
 def _str_list(value: Any, where: str, problems: Problems, empty: str) -> list[str]:

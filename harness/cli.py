@@ -84,6 +84,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
     with DownloadProgress() as progress:
         matrix = _matrix(args, progress)
         targets = matrix.targets(args.kernel, args.arch)
+    if not targets:
+        why = matrix.catalogue.why_none_on(args.kernel, args.arch)
+        raise HarnessError(f"kernel {args.kernel}: {why}")
     if len(targets) != 1:
         raise HarnessError(
             f"`harness boot` boots one kernel on one arch; {args.kernel} on "
@@ -162,9 +165,13 @@ def _tidy(artefacts: Path, keep: bool) -> None:
 
 def preflight(args: argparse.Namespace) -> None:
     """Check every setting the command uses, all at once, before it does anything."""
-    if args.command_name == "report":
-        return
     check = Preflight()
+    if args.command_name == "report":
+        # Reports read and write files only: no catalogue, cache or mirror.
+        if (output := getattr(args, "output", None)) is not None:
+            check.directory(Path(output), f"--output={output}")
+        check.done()
+        return
     check.environment()
     catalogue = check.catalogue(args.catalogue or find_catalogue())
     for name in ("kernel", "kernel_a", "kernel_b"):

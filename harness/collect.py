@@ -118,17 +118,28 @@ class ScenarioItem(pytest.Item):
             return None
         pool = pool_of(self.config)
         slot = pool.current(self.target)
+        if slot.error is not None:
+            raise slot.error
         if slot.agent is None:
             bundle = source.bundle(self.target.arch)
             if bundle is None:
                 pytest.skip(f"--tetragon has no agent for {self.target.arch}")
             agent = Tetragon(slot.vm, bundle, options_of(self.config).tetragon_args)
-            agent.start()
+            try:
+                agent.start()
+            except HarnessError as e:
+                # Every case of the target fails with this, without another start.
+                slot.error = HarnessError(
+                    f"{e}\nagent log: {self._keep_start_log(agent)}"
+                )
+                raise slot.error from e
             slot.agent = agent
         assert isinstance(slot.agent, Tetragon)
         return slot.agent
 
     def runtest(self) -> None:
+        # What an earlier run left here would read as this run's evidence.
+        shutil.rmtree(self.artefacts, ignore_errors=True)
         agent = self.agent()
         vm = pool_of(self.config).vm(self.target)
         if agent is not None:
@@ -166,6 +177,16 @@ class ScenarioItem(pytest.Item):
         ok = failure.kind == wanted
         text = f"expected {wanted}, got {failure.describe()}"
         return Outcome("tetragon", ok, text, timings, failure)
+
+    def _keep_start_log(self, agent: Tetragon) -> Path:
+        vm_dir = Path(options_of(self.config).artefacts) / self.target.id / "vm"
+        kept = vm_dir / "agent-start.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            kept.write_text(agent.log())
+        except HarnessError as e:
+            kept.write_text(f"the agent's log could not be read: {e}\n")
+        return kept
 
     def _keep_evidence(self, agent: Tetragon | None) -> None:
         self.artefacts.mkdir(parents=True, exist_ok=True)

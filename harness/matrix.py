@@ -64,7 +64,7 @@ class Matrix:
 
     def targets(self, kernels: str, arches: str) -> list[Target]:
         """The (kernel, arch) pairs a `--kernels` / `--arch` selection names."""
-        wanted = [a.strip() for a in arches.split(",") if a.strip()]
+        wanted = list(dict.fromkeys(a.strip() for a in arches.split(",") if a.strip()))
         for arch in wanted:
             get_arch(arch)
         return [

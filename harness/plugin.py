@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -174,6 +175,20 @@ def pytest_collection_modifyitems(
 
     # Stable: tests without a target first, then each target's items together.
     items.sort(key=key)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A harness error in setup or teardown reads as its message, not a traceback."""
+    rep = yield
+    # Setup errors (a download, a boot, the agent's files) are the harness's own
+    # words with the fix; the call phase has each item's repr_failure for that.
+    error = call.excinfo.value if call.excinfo is not None else None
+    if rep.when != "call" and isinstance(error, HarnessError):
+        rep.longrepr = f"{item.nodeid}\n{type(error).__name__}: {error}"
+    return rep
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

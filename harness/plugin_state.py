@@ -41,6 +41,7 @@ INI_DEFAULTS = {
     "harness_kernels": "default",
     "harness_arch": "x86_64,arm64",
     "harness_artefacts": "artefacts",
+    "harness_report_dir": "reports",
     "harness_memory": "1024",
     "harness_tetragon": "",
     "harness_tetragon_args": "",
@@ -136,8 +137,12 @@ def check_run(config: pytest.Config) -> None:
     kernels, arches = "harness_kernels", "harness_arch"
     check.kernels(catalogue, _setting(config, kernels), _where(config, kernels))
     check.arches(_setting(config, arches), _where(config, arches))
-    artefacts = "harness_artefacts"
-    check.directory(Path(_setting(config, artefacts)), _where(config, artefacts))
+    check.selection(
+        catalogue, _setting(config, kernels), _setting(config, arches),
+        _where(config, kernels),
+    )  # fmt: skip
+    for directory in ("harness_artefacts", "harness_report_dir"):
+        check.directory(Path(_setting(config, directory)), _where(config, directory))
     tetragon = _setting(config, "harness_tetragon", TETRAGON_ENV)
     check.tetragon(tetragon, _where(config, "harness_tetragon", TETRAGON_ENV))
     check.done()

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from harness import yamlfile
+from harness.errors import did_you_mean
 from harness.policyschema import (
     ABI_PREFIXES,
     ACTIONS,
@@ -29,8 +30,10 @@ from harness.policyschema import (
     KNOWN_PREFIXES,
     KPROBE_BAD_TYPES,
     LIST_TYPES,
+    MATCH_ENUMS,
     MATCH_KEYS,
     MAX_ARG_INDEX,
+    OPERATORS,
     SYSCALL_LIST_TYPES,
     PolicyFinding,
     Reader,
@@ -254,11 +257,33 @@ def _args(
     return tuple(a for a in parsed if a is not None)
 
 
+def _match(r: Reader, item: Mapping[str, Any], where: str, keys: str) -> None:
+    if not item:
+        return
+    enums = {"operator": OPERATORS[keys], **MATCH_ENUMS.get(keys, {})}
+    for name, allowed in enums.items():
+        if name not in item:
+            if name == "operator" or keys == "matchNamespaces":
+                r.add(f"{where}.{name}", "missing: Tetragon requires it", "enum")
+            continue
+        value = item[name]
+        if value not in allowed:
+            hint = did_you_mean(value, sorted(allowed))
+            listed = hint or f" (allowed: {', '.join(sorted(allowed))})"
+            why = f"{value!r} is no {name} of {keys}: Tetragon rejects the policy"
+            r.add(f"{where}.{name}", why + listed, "enum")
+
+
 def _selector(r: Reader, obj: Any, where: str) -> Selector:
     data = r.mapping(obj, where, "selector")
     for key, keys in MATCH_KEYS.items():
         for i, item in enumerate(r.items(data, key, where)):
-            r.mapping(item, f"{where}.{key}[{i}]", keys)
+            _match(
+                r,
+                r.mapping(item, f"{where}.{key}[{i}]", keys),
+                f"{where}.{key}[{i}]",
+                keys,
+            )
     actions = []
     for i, item in enumerate(r.items(data, "matchActions", where)):
         at = f"{where}.matchActions[{i}]"
@@ -507,7 +532,13 @@ def parse_document(data: Any, path: Path, document: int = 0) -> Policy | None:
     top = r.mapping(data, "(document)", "document")
     kind = top.get("kind")
     if kind not in KINDS:
-        return None
+        api = top.get("apiVersion")
+        if not (isinstance(api, str) and api.startswith("cilium.io/")):
+            return None
+        # A cilium.io document of no policy kind is a typo, not another file.
+        hint = did_you_mean(kind, KINDS) or f" (policy kinds: {', '.join(KINDS)})"
+        r.add("kind", f"{kind!r} is not a policy kind of Tetragon{hint}", "kind")
+        return Policy(path, document, "", "", findings=tuple(r.findings))
     name = ""
     metadata = top.get("metadata")
     if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):

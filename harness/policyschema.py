@@ -86,6 +86,32 @@ KEYS: dict[str, frozenset[str]] = {
         "option": "name value",
     }.items()
 }
+_IN = _words("In NotIn")
+# The operator each kind of match accepts (the CRD's enums: any other value
+# fails the agent's validation, and the whole policy with it).
+OPERATORS: dict[str, frozenset[str]] = {
+    "matchArgs": _words(
+        "Equal NotEqual Prefix NotPrefix Postfix NotPostfix GreaterThan LessThan GT "
+        "LT Mask SPort NotSPort SPortPriv NotSportPriv DPort NotDPort DPortPriv "
+        "NotDPortPriv SAddr NotSAddr DAddr NotDAddr Protocol Family State InMap "
+        "NotInMap CapabilitiesGained InRange NotInRange SubString SubStringIgnCase "
+        "CelExpr FileType NotFileType"
+    ),
+    "matchBinaries": _words("In NotIn Prefix NotPrefix Postfix NotPostfix"),
+    "matchPIDs": _IN,
+    "matchNamespaces": _IN,
+    "matchNamespaceChanges": _IN,
+    "matchCapabilities": _IN,
+}
+# Other enum fields of a match, by the KEYS name of its mapping.
+MATCH_ENUMS: dict[str, dict[str, frozenset[str]]] = {
+    "matchNamespaces": {
+        "namespace": _words(
+            "Uts Ipc Mnt Pid PidForChildren Net Time TimeForChildren Cgroup User"
+        )
+    },
+    "matchCapabilities": {"type": _words("Effective Inheritable Permitted")},
+}
 MATCH_KEYS = {
     "matchArgs": "matchArgs",
     "matchData": "matchArgs",

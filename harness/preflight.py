@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from harness import accel, debian
-from harness.agent import source_kind
+from harness.agent import release_problem, source_kind
 from harness.arches import get_arch
+from harness.cache import CACHE_ENV, default_cache_dir
 from harness.catalogue import Catalogue, load
 from harness.errors import ConfigError, HarnessError, Problem
+from harness.settings import check_settings
 
 T = TypeVar("T")
 
@@ -58,9 +60,13 @@ class Preflight:
         self.problems.append(Problem(where, "", message))
 
     def environment(self) -> None:
-        """The environment variables every boot reads."""
+        """The environment variables and project settings every boot reads."""
         self.attempt(debian.index_ttl)
         self.attempt(accel.forced_accel)
+        self.attempt(check_settings)
+        cache = default_cache_dir()
+        given = os.environ.get(CACHE_ENV)
+        self.directory(cache, f"{CACHE_ENV}={given}" if given else f"cache {cache}")
 
     def catalogue(self, path: Path) -> Catalogue | None:
         """The catalogue at `path`, or None (with its problems noted)."""
@@ -79,6 +85,15 @@ class Preflight:
                     f"no kernel named {name!r} in {catalogue.path} (known: "
                     f"{', '.join(known)}; or default, all)",
                 )
+
+    def selection(
+        self, catalogue: Catalogue | None, kernels: str, arches: str, where: str
+    ) -> None:
+        """Kernels and arches that name at least one target (once each is valid)."""
+        if catalogue is None or self.problems:
+            return
+        if why := catalogue.why_none_on(kernels, arches):
+            self.add(where, why)
 
     def arches(self, value: str, where: str) -> None:
         """A comma list of guest arches."""
@@ -99,12 +114,15 @@ class Preflight:
         """A Tetragon release: a path must exist (versions and URLs are fetched)."""
         if not value.strip() or source_kind(value) != "path":
             return
-        if not Path(value.strip()).expanduser().exists():
+        path = Path(value.strip()).expanduser()
+        if not path.exists():
             self.add(
                 where,
                 "no such file or directory; pass a Tetragon release tarball, its "
                 "unpacked directory, a URL or a version such as 1.3.0",
             )
+        elif problem := release_problem(path):
+            self.add(where, problem)
 
     def seconds(self, value: str, where: str) -> float | None:
         """A positive number of seconds, or None when it is not one (noted)."""

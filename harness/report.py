@@ -79,11 +79,16 @@ def mode(matrix: Matrix) -> str:
     if not agents:
         return "mode: unknown (no column records its agent)"
     if agents == {AGENT_NONE}:
-        return (
-            "mode: no agent: scenarios ran as firing checks (each hook probed "
-            "through tracefs while the workload ran; events not asserted), "
-            "and hook checks of every policy"
-        )
+        kinds = {c.prop("mode") for c in matrix.cells}
+        done = []
+        if "firing" in kinds:
+            done.append(
+                "scenarios ran as firing checks (each hook probed through tracefs "
+                "while the workload ran; events not asserted)"
+            )
+        if "hook-check" in kinds:
+            done.append("policies had their hooks checked")
+        return "mode: no agent" + (": " + "; ".join(done) if done else "")
     named = sorted(agents - {AGENT_NONE})
     text = f"mode: events asserted by {', '.join(named)}"
     firing = [col for col, seen in per_column.items() if AGENT_NONE in seen]
@@ -302,11 +307,19 @@ def render_diff_markdown(d: Diff, title: str = "Changes from the baseline") -> s
 # -- files --------------------------------------------------------------------
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` beside `path`, then rename: readers never see half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        # mkstemp makes the file private; a report is as readable as any file.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

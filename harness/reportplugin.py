@@ -20,7 +20,7 @@ from harness import report as render
 from harness import results
 from harness.errors import ConfigError
 from harness.matrix import Target
-from harness.plugin_state import POOL, options_of
+from harness.plugin_state import INI_DEFAULTS, POOL, options_of
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="an earlier run's matrix.json: list what newly fails, passes or "
         "skips, in the terminal and in diff.md",
     )
-    parser.addini("harness_report_dir", "default --report-dir", default="reports")
+    parser.addini(
+        "harness_report_dir",
+        "default --report-dir",
+        default=INI_DEFAULTS["harness_report_dir"],
+    )
 
 
 def _is_worker(config: pytest.Config) -> bool:
@@ -204,11 +208,14 @@ class MatrixRecorder:
         where = report_dir(self.config)
         base = render.link_base(run_dir, where)
         self.written = render.write_reports(matrix, where, base)
+        diff_md = where / "diff.md"
         if self.baseline is not None:
             change = results.diff(self.baseline, matrix)
-            diff_md = where / "diff.md"
             render.write_atomic(diff_md, render.render_diff_markdown(change))
             self.written.append(diff_md)
+        else:
+            # A diff.md left by an earlier run would read as this run's changes.
+            diff_md.unlink(missing_ok=True)
         self.matrix = matrix
 
     def pytest_terminal_summary(

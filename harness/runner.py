@@ -202,12 +202,16 @@ def _targets_for(expectation: Expectation, prefix: str) -> list[str] | None:
 
 def run_firing(vm: VM, scenario: Scenario, case: Case) -> Outcome:
     """Probe the scenario's hooks through tracefs while the workload runs."""
-    hooks = [
-        hook
-        for pol in scenario.policies
-        for parsed in policy_mod.load(pol.path)
-        for hook in parsed.hooks
-    ]
+    parsed = [p for pol in scenario.policies for p in policy_mod.load(pol.path)]
+    refused = [str(f) for p in parsed for f in p.findings if f.severity == "error"]
+    if refused:
+        # The agent would reject the policy whatever the kernel: a firing check
+        # of its hooks would pass a policy that can never report anything.
+        return Outcome(
+            "firing", False, "the agent refuses the policy as written:\n"
+            + "\n".join(refused),
+        )  # fmt: skip
+    hooks = [hook for p in parsed for hook in p.hooks]
     prefix = get_arch(vm.kernel.arch).syscall_prefix
     wanted = [(e, _targets_for(e, prefix)) for e in case.expect]
     checkable = [(e, t) for e, t in wanted if t]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from harness.errors import HarnessError
 from harness.matrix import Matrix, Target
 from harness.vm import VM, VMOptions
 
@@ -57,7 +58,13 @@ class VMPool:
         if self.slot is not None and self.slot.target == target:
             return self.slot.vm
         self.close()
-        extra = self.extra_files(target) if self.extra_files else None
+        try:
+            extra = self.extra_files(target) if self.extra_files else None
+        except HarnessError as e:
+            # An agent release that cannot be had fails the target's tests
+            # once each, without fetching or unpacking it again for each.
+            self.failed[target.id] = e
+            raise
         machine = self.matrix.vm(
             target, self.artefacts / target.id / "vm", self.options, extra
         )

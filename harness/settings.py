@@ -12,7 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError, Problem, Problems
 
 MIRROR_ENV = "HARNESS_DEBIAN_MIRROR"
 KEYRING_ENV = "HARNESS_DEBIAN_KEYRING"
@@ -21,16 +21,59 @@ APT_SOURCES = Path("/etc/apt/sources.list")
 APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 
 
-def project_settings(start: Path | None = None) -> dict[str, object]:
-    """The `[tool.harness]` table of the nearest pyproject.toml, or {}."""
+# The keys of `[tool.harness]`, and what each takes.
+PROJECT_KEYS = {"debian_mirror": "a Debian archive base URI, http(s):// or file://"}
+URI = re.compile(r"(https?|file)://\S+")
+
+
+def _project_file(start: Path | None = None) -> Path | None:
     here = (start or Path.cwd()).resolve()
     for directory in (here, *here.parents):
         candidate = directory / "pyproject.toml"
         if candidate.is_file():
-            with candidate.open("rb") as f:
-                table = tomllib.load(f).get("tool", {}).get("harness", {})
-            return dict(table) if isinstance(table, dict) else {}
-    return {}
+            return candidate
+    return None
+
+
+def project_settings(start: Path | None = None) -> dict[str, object]:
+    """The `[tool.harness]` table of the nearest pyproject.toml, or {}."""
+    path = _project_file(start)
+    if path is None:
+        return {}
+    with path.open("rb") as f:
+        table = tomllib.load(f).get("tool", {}).get("harness", {})
+    return dict(table) if isinstance(table, dict) else {}
+
+
+def check_settings(start: Path | None = None) -> None:
+    """Raise one ConfigError for a bad mirror, keyring or `[tool.harness]` key."""
+    found: list[Problem] = []
+    mirror_env = os.environ.get(MIRROR_ENV, "").strip()
+    if mirror_env and not URI.fullmatch(mirror_env):
+        why = f"not {PROJECT_KEYS['debian_mirror']}"
+        found.append(Problem(f"{MIRROR_ENV}={mirror_env}", "", why))
+    keyring = os.environ.get(KEYRING_ENV)
+    if keyring and not Path(keyring).is_file():
+        why = "no such file; name a keyring file, or unset it for Debian's"
+        found.append(Problem(f"{KEYRING_ENV}={keyring}", "", why))
+    path = _project_file(start)
+    if path is not None:
+        in_file = Problems(str(path))
+        try:
+            table = project_settings(start)
+        except (tomllib.TOMLDecodeError, OSError) as e:
+            in_file.add("", f"cannot be read: {e}")
+            table = {}
+        in_file.unknown_keys(table, "tool.harness", PROJECT_KEYS)
+        mirror = table.get("debian_mirror")
+        if mirror is not None and not (
+            isinstance(mirror, str) and URI.fullmatch(mirror)
+        ):
+            why = f"{mirror!r} is not {PROJECT_KEYS['debian_mirror']}"
+            in_file.add("tool.harness.debian_mirror", why)
+        found += in_file.items
+    if found:
+        raise ConfigError(found)
 
 
 def _deb822_uris(text: str) -> list[tuple[str, list[str]]]:

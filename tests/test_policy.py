@@ -132,6 +132,65 @@ def test_a_misspelt_field_gets_the_closest_name(tmp_path: Path) -> None:
     ]
 
 
+def test_operators_and_other_enums_are_tetragons(tmp_path: Path) -> None:
+    # v1.7.0 refuses each of these with "validation failed: ... should be one of".
+    path = tmp_path / "enums.yaml"
+    path.write_text(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: a}\n"
+        "spec:\n  kprobes:\n  - call: fd_install\n    syscall: false\n"
+        "    args: [{index: 1, type: file}]\n    selectors:\n"
+        "    - matchArgs: [{index: 1, operator: Prefx, values: [/etc]}]\n"
+        "      matchBinaries: [{operator: Equal, values: [/bin/cat]}]\n"
+        "      matchNamespaces: [{namespace: Mount, operator: In, values: [1]}]\n"
+        "      matchPIDs: [{values: [1]}]\n"
+        "      matchCapabilities: [{type: Effective, operator: NotIn, values: [x]}]\n"
+    )
+
+    (p,) = policy.load(path)
+
+    at = "spec.kprobes[0].selectors[0]"
+    assert [(f.code, f.where, f.message) for f in p.findings] == [
+        (
+            "enum",
+            f"{at}.matchArgs[0].operator",
+            "'Prefx' is no operator of matchArgs: Tetragon rejects the policy; "
+            "did you mean 'Prefix'?",
+        ),
+        (
+            "enum",
+            f"{at}.matchBinaries[0].operator",
+            "'Equal' is no operator of matchBinaries: Tetragon rejects the policy "
+            "(allowed: In, NotIn, NotPostfix, NotPrefix, Postfix, Prefix)",
+        ),
+        ("enum", f"{at}.matchPIDs[0].operator", "missing: Tetragon requires it"),
+        (
+            "enum",
+            f"{at}.matchNamespaces[0].namespace",
+            "'Mount' is no namespace of matchNamespaces: Tetragon rejects the "
+            "policy; did you mean 'Mnt'?",
+        ),
+    ]
+
+
+def test_a_cilium_document_of_no_policy_kind_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "kind.yaml"
+    path.write_text(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicyy\nmetadata: {name: a}\n"
+        "spec: {kprobes: [{call: fd_install, syscall: false}]}\n"
+    )
+
+    (p,) = policy.load(path)
+
+    assert [(f.severity, f.where, f.message) for f in p.findings] == [
+        (
+            "error",
+            "kind",
+            "'TracingPolicyy' is not a policy kind of Tetragon; did you mean "
+            "'TracingPolicy'?",
+        )
+    ]
+
+
 def test_wrong_field_types_are_all_reported(shared_dir: Path) -> None:
     # The agent reports only the first (`index` of type uint32); all are here.
     (p,) = policy.load(recorded(shared_dir, "n07-bad-field-type"))

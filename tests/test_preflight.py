@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,60 @@ def test_a_library_without_a_catalogue_is_one_usage_error(tmp_path: Path) -> Non
     )  # fmt: skip
     assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
     one_clean_error(done.stderr, f"{tmp_path / 'kernels.yaml'}: not found")
+
+
+def test_a_selection_that_names_no_target_says_what_would(tmp_path: Path) -> None:
+    catalogue = tmp_path / "kernels.yaml"
+    catalogue.write_text(
+        'kernels:\n  - {name: "6.1", source: debian, series: "6.1", '
+        "suites: [bookworm], arch: [x86_64]}\n"
+    )
+
+    def problems(kernels: str, arches: str) -> list[str]:
+        check = Preflight()
+        check.selection(load(catalogue), kernels, arches, f"--kernels={kernels}")
+        try:
+            check.done()
+        except ConfigError as e:
+            return [p.message for p in e.problems]
+        return []
+
+    assert problems("6.1", "x86_64,arm64") == []
+    assert problems("6.1", "arm64") == [
+        f"no kernel of --kernels=6.1 is listed for --arch=arm64 ({catalogue} has "
+        "6.1 on x86_64); pass one of those arches or add yours to the entry's "
+        "`arch:` list"
+    ]
+    assert problems("default", "x86_64") == [
+        f"names no kernel: no entry of {catalogue} has `default: true`; name "
+        "kernels, pass --kernels=all or mark an entry `default: true`"
+    ]
+
+
+def test_a_tetragon_path_must_be_a_release(tmp_path: Path) -> None:
+    not_tar = tmp_path / "tetragon-v1.7.0-amd64.tar.gz"
+    not_tar.write_text("not a tarball\n")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    no_binary = tmp_path / "other.tar.gz"
+    with tarfile.open(no_binary, "w:gz") as tar:
+        tar.add(empty_dir, arcname="tetragon-v1.7.0-amd64/usr/local/bin")
+    release = tmp_path / "release" / "tetragon-v1.7.0-amd64" / "usr/local/bin"
+    release.mkdir(parents=True)
+    (release / "tetragon").write_bytes(b"\x7fELF")
+
+    check = Preflight()
+    for path in (not_tar, empty_dir, no_binary, tmp_path / "release"):
+        check.tetragon(str(path), f"--tetragon={path.name}")
+
+    with pytest.raises(ConfigError) as caught:
+        check.done()
+
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 4, lines
+    assert lines[1].startswith(f"--tetragon={not_tar.name}: not a tar archive")
+    assert lines[2].startswith("--tetragon=empty: no usr/local/bin/tetragon in it")
+    assert lines[3] == (
+        "--tetragon=other.tar.gz: a tarball without usr/local/bin/tetragon; pass a "
+        "Tetragon release tarball"
+    )

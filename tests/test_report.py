@@ -95,6 +95,10 @@ def test_every_report_says_which_mode_ran(recorded: Matrix) -> None:
     assert firing.startswith("mode: no agent: scenarios ran as firing checks")
     assert report.md_escape(firing) in report.render_markdown(recorded)
     assert f'<p class="mode">{firing}</p>' in report.render_html(recorded)
+    assert firing.endswith("; policies had their hooks checked")
+    # Plain `vm` tests (the harness's own) are neither scenarios nor hook checks.
+    plain = [replace(c, properties=()) for c in recorded.cells]
+    assert report.mode(results.build(recorded.columns, plain)) == "mode: no agent"
 
     agent = with_agents(recorded, {c.id: "tetragon v1.7.0" for c in recorded.columns})
     assert report.mode(agent) == "mode: events asserted by tetragon v1.7.0"

@@ -89,6 +89,29 @@ def test_firing_fails_on_a_wrong_exit_status_naming_the_step(
     assert rest[-1].startswith("fired  cases.read.expect[0]")
 
 
+def test_firing_fails_a_policy_the_agent_would_refuse_without_probing(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (policy,) = scenario.policies
+    policy.path.write_text(
+        POLICY + "      selectors:\n        - matchBinaries:\n"
+        "            - operator: Equal\n              values: [/bin/cat]\n"
+    )
+
+    def fire(*args: object) -> FiringReport:
+        raise AssertionError("a refused policy must not be probed")
+
+    monkeypatch.setattr(runner.firing, "fire", fire)
+
+    outcome = runner.run_firing(fake_vm(), scenario, scenario.cases[0])
+
+    assert not outcome.passed
+    first, second = outcome.report.splitlines()
+    assert first == "the agent refuses the policy as written:"
+    assert "matchBinaries[0].operator" in second
+    assert "'Equal' is no operator of matchBinaries" in second
+
+
 def test_a_workload_that_broke_outside_a_step_says_its_status() -> None:
     text = runner.workload_failure(2, "sh: syntax error: unexpected ')'\n")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness import settings
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 
 
 def test_deb822_and_one_line_sources(tmp_path: Path) -> None:
@@ -55,3 +55,31 @@ def test_pyproject_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     )
     monkeypatch.chdir(tmp_path)
     assert settings.debian_mirror() == "http://project.test/debian"
+
+
+def test_bad_settings_are_all_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(settings.MIRROR_ENV, "mirror.test/debian")
+    monkeypatch.setenv(settings.KEYRING_ENV, str(tmp_path / "absent.gpg"))
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.harness]\ndebian_mirorr = 'http://a.test/debian'\ndebian_mirror = 3\n"
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        settings.check_settings(tmp_path)
+
+    text = str(caught.value)
+    assert "HARNESS_DEBIAN_MIRROR=mirror.test/debian: not a Debian archive" in text
+    assert f"HARNESS_DEBIAN_KEYRING={tmp_path / 'absent.gpg'}: no such file" in text
+    assert "tool.harness.debian_mirorr" in text and "debian_mirror" in text
+    assert "tool.harness.debian_mirror: 3 is not a Debian archive base URI" in text
+
+
+def test_good_settings_pass(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(settings.MIRROR_ENV, "file:///srv/debian")
+    monkeypatch.delenv(settings.KEYRING_ENV, raising=False)
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.harness]\ndebian_mirror = 'https://mirror.test/debian'\n"
+    )
+    settings.check_settings(tmp_path)
