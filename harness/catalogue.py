@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +45,14 @@ class KernelSpec:
     debs: tuple[Path, ...] = ()
     url: str = ""
     sha256: str = ""
+    # The catalogue it came from, so that errors met while fetching it (a
+    # wrong sha256) name the file to edit; "" for entries made in code.
+    file: str = field(default="", compare=False)
+
+    def where(self, key: str) -> str:
+        """`kernels.yaml: kernels.6.1.sha256`: how a message names one of its keys."""
+        dotted = f"kernels.{self.name}.{key}"
+        return f"{self.file}: {dotted}" if self.file else dotted
 
 
 @dataclass(frozen=True)
@@ -267,6 +275,7 @@ def _entry(raw: Any, index: int, base: Path, problems: Problems) -> KernelSpec |
         source=source,
         arches=tuple(arches),
         default=bool(default),
+        file=problems.file,
         **fields,
     )
 

@@ -176,6 +176,15 @@ def _unpack_debs(
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
+def wrong_sha256(spec: KernelSpec, actual: str) -> str:
+    """Why a kernel fetched by URL was refused, and the two ways to fix it."""
+    return (
+        f"{spec.where('sha256')}: {spec.url} does not match: expected sha256 "
+        f"{spec.sha256}, got {actual}; nothing was cached. Correct `sha256:` if "
+        "this is the file you meant (sha256sum prints it), or `url:` if it is not"
+    )
+
+
 class Provisioner:
     """Turns catalogue entries into bootable kernels, through the cache."""
 
@@ -219,11 +228,16 @@ class Provisioner:
     def _url(self, spec: KernelSpec, arch: str) -> Kernel:
         name = spec.url.rstrip("/").rsplit("/", 1)[-1] or "kernel"
         download = self.cache.path("downloads", spec.sha256[:16], name)
-        self.cache.file(
-            download,
-            lambda tmp: self.archive.download(spec.url, tmp, name),
-            lambda p: sha256_file(p) == spec.sha256,
-        )
+
+        def fetch(tmp: Path) -> None:
+            # Checked here, not only by the cache's `valid`, so that the error
+            # names the catalogue key and both digests; the cache removes `tmp`.
+            self.archive.download(spec.url, tmp, name)
+            actual = sha256_file(tmp)
+            if actual != spec.sha256:
+                raise IntegrityError(wrong_sha256(spec, actual))
+
+        self.cache.file(download, fetch, lambda p: sha256_file(p) == spec.sha256)
         return self._from_files(spec, arch, [download], spec.sha256[:16])
 
     def _local(self, spec: KernelSpec, arch: str) -> Kernel:
