@@ -41,24 +41,34 @@ def _matrix(
     return Matrix(catalogue, progress=progress)
 
 
+# A `.deb` by URL says its version only once downloaded.
+NOT_FETCHED = "known once fetched"
+# What the `cached` column says of each state of Known.cached.
+CACHED = {True: "yes", False: "no", None: "-"}
+
+
 def cmd_kernels_list(args: argparse.Namespace) -> int:
-    """Print the catalogue with each entry's resolved version and cache state."""
+    """Print the catalogue with each entry's resolved version and cache state.
+
+    `cached` is `yes` when the kernel is unpacked in the cache and boots
+    without a download, `-` for a local image, booted where it is.
+    """
     matrix = _matrix(args)
     table = Table("name", "series", "arch", "source", "version", "cached", "default")
     for target in matrix.targets("all", args.arch or ""):
         spec = target.spec
         try:
-            version = matrix.provisioner.resolve_version(spec, target.arch)
-            cached = matrix.is_cached(target, version)
+            known = matrix.provisioner.known(spec, target.arch)
+            version, cached = known.version or NOT_FETCHED, CACHED[known.cached]
         except HarnessError as e:
-            version, cached = f"unresolved: {str(e).splitlines()[0]}", False
+            version, cached = f"unresolved: {str(e).splitlines()[0]}", "no"
         table.add_row(
             spec.name,
             spec.series or "-",
             target.arch,
             spec.source,
             version,
-            "yes" if cached else "no",
+            cached,
             "yes" if spec.default else "",
         )
     Console().print(table)

@@ -120,8 +120,9 @@ def inventories(
             say(f"{target.id}: archive unreachable, using cached {cached.version}: {e}")
             found[target.id] = cached
             continue
+        # No version yet (a .deb by URL not downloaded): capturing fetches it.
         path = inventory.inventory_path(matrix.cache, target.id, version)
-        if path.is_file():
+        if version and path.is_file():
             found[target.id] = inventory.load(path)
         else:
             missing.append(target)

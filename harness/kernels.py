@@ -111,6 +111,21 @@ def _extract_kernel(debs: Iterable[Path], dest: Path) -> None:
         shutil.rmtree(dest / "usr")
 
 
+@dataclass(frozen=True)
+class Known:
+    """What is known of a kernel without fetching it, for `harness kernels list`."""
+
+    # The exact version `kernel()` provides; "" when only a download can tell.
+    version: str
+    # Unpacked in the cache, ready to boot; None for an image used where it is.
+    cached: bool | None
+
+
+def _deb_version(deb: Path) -> str:
+    """The package version in a .deb's control file."""
+    return str(DebFile(str(deb)).debcontrol()["Version"])
+
+
 def _manifest_valid(directory: Path) -> bool:
     manifest = directory / "manifest.json"
     if not manifest.is_file():
@@ -206,15 +221,54 @@ class Provisioner:
         return self._local(spec, arch)
 
     def resolve_version(self, spec: KernelSpec, arch: str) -> str:
-        """The exact package version `kernel()` would provide, without fetching it."""
+        """The exact version `kernel()` would provide, without fetching a kernel.
+
+        "" for a `.deb` by URL that has not been downloaded: only its control
+        file says which version it is.
+        """
+        return self.known(spec, arch).version
+
+    def known(self, spec: KernelSpec, arch: str) -> Known:
+        """Version and cache state of a kernel, from the catalogue, the archive's
+        index and the cache; nothing is downloaded but the index."""
         if spec.source == "debian":
-            return resolve(spec, arch, self.archive)[0].version
-        return spec.source
+            version = resolve(spec, arch, self.archive)[0].version
+            return Known(version, _manifest_valid(self._entry(spec, arch, version)))
+        if spec.source == "url":
+            return self._known_url(spec, arch)
+        if spec.debs:
+            deb = self._local_debs(spec)[0]
+            entry = self._entry(spec, arch, sha256_file(deb)[:16])
+            # Read from the package itself: a local .deb is at hand, cached or not.
+            return Known(_deb_version(deb), _manifest_valid(entry))
+        image = self._local_image(spec)
+        return Known(f"local:{sha256_file(image)[:12]}", None)
+
+    def _known_url(self, spec: KernelSpec, arch: str) -> Known:
+        download = self._download_path(spec)
+        downloaded = download.is_file() and sha256_file(download) == spec.sha256
+        if not download.name.endswith(".deb"):
+            # A bare image is booted from the download itself.
+            return Known(f"url:{spec.sha256[:16]}", downloaded)
+        entry = self._entry(spec, arch, spec.sha256[:16])
+        if _manifest_valid(entry):
+            manifest = json.loads((entry / "manifest.json").read_text())
+            return Known(str(manifest["version"]), True)
+        return Known(_deb_version(download) if downloaded else "", False)
+
+    def _entry(self, spec: KernelSpec, arch: str, key: str) -> Path:
+        """The unpacked kernel's cache directory; `key` is a version or a digest."""
+        return self.cache.path("kernels", f"{spec.name}-{arch}-{key}")
+
+    def _download_path(self, spec: KernelSpec) -> Path:
+        """Where a kernel by URL is downloaded, under its expected digest."""
+        name = spec.url.rstrip("/").rsplit("/", 1)[-1] or "kernel"
+        return self.cache.path("downloads", spec.sha256[:16], name)
 
     def _debian(self, spec: KernelSpec, arch: str) -> Kernel:
         packages = resolve(spec, arch, self.archive)
         head = packages[0]
-        entry = self.cache.path("kernels", f"{spec.name}-{arch}-{head.version}")
+        entry = self._entry(spec, arch, head.version)
         if not entry.is_dir() or not _manifest_valid(entry):
             debs = [self.archive.deb(p) for p in packages]
             names = [f"{p.name}={p.version}" for p in packages]
@@ -226,8 +280,8 @@ class Provisioner:
         return _kernel_from_dir(spec, arch, entry)
 
     def _url(self, spec: KernelSpec, arch: str) -> Kernel:
-        name = spec.url.rstrip("/").rsplit("/", 1)[-1] or "kernel"
-        download = self.cache.path("downloads", spec.sha256[:16], name)
+        download = self._download_path(spec)
+        name = download.name
 
         def fetch(tmp: Path) -> None:
             # Checked here, not only by the cache's `valid`, so that the error
@@ -240,32 +294,39 @@ class Provisioner:
         self.cache.file(download, fetch, lambda p: sha256_file(p) == spec.sha256)
         return self._from_files(spec, arch, [download], spec.sha256[:16])
 
-    def _local(self, spec: KernelSpec, arch: str) -> Kernel:
-        if spec.debs:
-            missing = [str(d) for d in spec.debs if not d.is_file()]
-            if missing:
-                raise FetchError(
-                    f"kernels.{spec.name}.debs: not found: {', '.join(missing)}"
-                )
-            key = sha256_file(spec.debs[0])[:16]
-            return self._from_files(spec, arch, list(spec.debs), key)
+    def _local_debs(self, spec: KernelSpec) -> list[Path]:
+        missing = [str(d) for d in spec.debs if not d.is_file()]
+        if missing:
+            raise FetchError(
+                f"kernels.{spec.name}.debs: not found: {', '.join(missing)}"
+            )
+        return list(spec.debs)
+
+    def _local_image(self, spec: KernelSpec) -> Path:
         assert spec.image is not None
         if not spec.image.is_file():
             raise FetchError(f"kernels.{spec.name}.image: {spec.image} not found")
+        return spec.image
+
+    def _local(self, spec: KernelSpec, arch: str) -> Kernel:
+        if spec.debs:
+            debs = self._local_debs(spec)
+            return self._from_files(spec, arch, debs, sha256_file(debs[0])[:16])
+        image = self._local_image(spec)
         modules = spec.modules
         if modules is not None and not modules.is_dir():
             raise FetchError(
                 f"kernels.{spec.name}.modules: {modules} is not a directory; give "
                 "the kernel's lib/modules/<release> directory"
             )
-        release = modules.name if modules else spec.image.name.partition("-")[2]
+        release = modules.name if modules else image.name.partition("-")[2]
         return Kernel(
             name=spec.name,
             arch=arch,
             release=release,
-            version=f"local:{sha256_file(spec.image)[:12]}",
+            version=f"local:{sha256_file(image)[:12]}",
             source="local",
-            image=spec.image,
+            image=image,
             modules=modules,
             config=None,
             packages=(),
@@ -279,8 +340,8 @@ class Provisioner:
             return Kernel(
                 spec.name, arch, "", version, spec.source, files[0], None, None, ()
             )
-        entry = self.cache.path("kernels", f"{spec.name}-{arch}-{key}")
-        version = DebFile(str(files[0])).debcontrol()["Version"]
+        entry = self._entry(spec, arch, key)
+        version = _deb_version(files[0])
         names = [f.name for f in files]
         self.cache.directory(
             entry, lambda tmp: _unpack_debs(files, version, names, tmp), _manifest_valid

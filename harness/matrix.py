@@ -78,13 +78,6 @@ class Matrix:
         """Provision the target's kernel (download and unpack on first use)."""
         return self.provisioner.kernel(target.spec, target.arch)
 
-    def is_cached(self, target: Target, version: str) -> bool:
-        """Whether the target's kernel at `version` is unpacked in the cache."""
-        entry = self.cache.path(
-            "kernels", f"{target.spec.name}-{target.arch}-{version}"
-        )
-        return (entry / "manifest.json").is_file()
-
     def accel(self, arch: str) -> accel_mod.Accel:
         """The accelerator for guests of `arch` (trial run once per host boot)."""
         chosen = self._accels.get(arch)

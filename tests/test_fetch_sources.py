@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 from fakedeb import kernel_deb
 
-from harness.cache import Cache, sha256_file
+from harness.cache import CACHE_ENV, Cache, sha256_file
 from harness.catalogue import load
+from harness.cli import NOT_FETCHED, main
 from harness.debian import Archive
 from harness.errors import IntegrityError
 from harness.matrix import Matrix
+from harness.settings import KEYRING_ENV, MIRROR_ENV
 
 
 @pytest.fixture
@@ -91,3 +93,67 @@ def test_the_right_sha256_fetches_and_unpacks_the_kernel(
 
     assert (kernel.version, kernel.release) == ("6.1.999-1", "6.1.0-99-cloud-amd64")
     assert kernel.image.read_bytes().startswith(b"not really a kernel")
+
+
+def listed(catalogue: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, list[str]]:
+    """`harness kernels list`: each row's cells by arch, from name to default."""
+    assert main(["--catalogue", str(catalogue), "kernels", "list"]) == 0
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    cells = [[c.strip() for c in row[1:-1]] for row in rows if len(row) == 9]
+    return {row[2]: row for row in cells if row[0] == "mine"}
+
+
+@pytest.fixture
+def harness_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness` commands use the test's cache and an archive they never reach."""
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")
+    monkeypatch.setenv(KEYRING_ENV, str(keyring))
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.mark.usefixtures("harness_env")
+def test_list_shows_a_url_kernels_version_and_cache_state_once_fetched(
+    tmp_path: Path, served: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deb = kernel_deb(served / "k.deb", version="6.1.999-1")
+    matrix = matrix_for(tmp_path, url_entry(url_of(served, "k.deb"), sha256_file(deb)))
+    before = listed(matrix.catalogue.path, capsys)["x86_64"]
+
+    matrix.kernel(matrix.targets("mine", "x86_64")[0])
+
+    after = listed(matrix.catalogue.path, capsys)["x86_64"]
+    assert (before[3], before[4], before[5]) == ("url", NOT_FETCHED, "no")
+    assert (after[3], after[4], after[5]) == ("url", "6.1.999-1", "yes")
+
+
+@pytest.mark.usefixtures("harness_env")
+def test_list_reads_a_local_debs_version_and_finds_it_unpacked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kernel_deb(tmp_path / "k.deb", version="6.1.998-2")
+    entry = "{name: mine, source: local, arch: [x86_64, arm64], debs: [k.deb]}"
+    matrix = matrix_for(tmp_path, entry)
+
+    matrix.kernel(matrix.targets("mine", "x86_64")[0])
+
+    rows = listed(matrix.catalogue.path, capsys)
+    assert rows["x86_64"][4:6] == ["6.1.998-2", "yes"]
+    assert rows["arm64"][4:6] == ["6.1.998-2", "no"]
+
+
+@pytest.mark.usefixtures("harness_env")
+def test_list_shows_a_local_image_as_used_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "vmlinuz-6.1.0-99-cloud-amd64"
+    image.write_bytes(b"not really a kernel\n")
+    entry = f"{{name: mine, source: local, arch: [x86_64], image: {image.name}}}"
+    matrix = matrix_for(tmp_path, entry)
+
+    row = listed(matrix.catalogue.path, capsys)["x86_64"]
+
+    assert row[4:6] == [f"local:{sha256_file(image)[:12]}", "-"]
+    assert row[4] == matrix.kernel(matrix.targets("mine", "x86_64")[0]).version
