@@ -23,6 +23,7 @@ from harness.loaderrors import LoadFailure
 from harness.matrix import Target
 from harness.plugin_state import (
     agent_source_of,
+    matrix_of,
     options_of,
     pool_of,
     targets_of,
@@ -34,7 +35,7 @@ from harness.runner import (
     run_firing,
     run_with_agent,
 )
-from harness.scenarios import Case, Scenario, load_scenario
+from harness.scenarios import Case, Scenario, load_scenario, unknown_kernels
 
 
 class ScenarioFailure(Exception):
@@ -56,6 +57,10 @@ class ScenarioFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Item]:
         scenario = load_scenario(self.path)
+        # A condition on a kernel the catalogue lacks would never apply.
+        problems = unknown_kernels(scenario, matrix_of(self.config).catalogue)
+        if problems:
+            raise ConfigError(problems)
         for target in targets_of(self.config):
             if scenario.expect_load_error is not None:
                 yield ScenarioItem.from_parent(

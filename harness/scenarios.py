@@ -11,14 +11,15 @@ steps and their busybox rendering live in `harness.steps`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from harness import yamlfile
 from harness.arches import ALIASES, ARCHES
-from harness.errors import ConfigError, Problem, Problems
+from harness.catalogue import Catalogue
+from harness.errors import ConfigError, Problem, Problems, did_you_mean
 from harness.expectations import parse_expectation, parse_optional
 from harness.loaderrors import LoadErrorKind
 from harness.matching import Expectation
@@ -42,6 +43,13 @@ CASE_KEYS = (
     "timeout",
 )
 FACT_KEYS = ("kernel", "arch", "version", "lsm", "config", "agent")
+# The names /sys/kernel/security/lsm can list (Linux 5.10 to 7.x; `ima` and
+# `evm` replaced `integrity` in 6.9): an `lsm:` fact outside them never holds.
+LSMS = (
+    "capability", "lockdown", "yama", "loadpin", "safesetid", "landlock",
+    "selinux", "smack", "tomoyo", "apparmor", "bpf", "ipe", "integrity", "ima",
+    "evm",
+)  # fmt: skip
 # How a case runs: with Tetragon (`--tetragon`), or as a firing check without it.
 AGENT_MODES = ("tetragon", "none")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
@@ -97,6 +105,9 @@ class Facts:
     lsms: tuple[str, ...] = ()
     configs: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
+    # The dotted key it was read from (`cases.c.conditions[0].if`), for the
+    # checks that need the catalogue and so run at collection.
+    key: str = field(default="", compare=False)
 
     def holds(self, facts: KernelFacts) -> bool | None:
         """True, False, or None when it depends on a fact that is unknown."""
@@ -245,6 +256,15 @@ def _version_range(
     high = _version(value["max"], f"{key}.max", problems) if "max" in value else ()
     if "min" not in value and "max" not in value:
         problems.add(key, "give min, max or both")
+    # Bounds compare as many parts as they have, so the range is empty exactly
+    # when min is above max on the parts both give (min 6.1.5, max 6.1 is not).
+    common = min(len(low), len(high))
+    if low and high and low[:common] > high[:common]:
+        problems.add(
+            key,
+            f"min {value['min']!r} is above max {value['max']!r}: no kernel is in "
+            "this range, so the condition never holds; swap them or correct one",
+        )
     return low, high
 
 
@@ -271,6 +291,13 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
     for option in configs:
         if not option.startswith("CONFIG_"):
             problems.add(f"{key}.config", f"{option!r}: write CONFIG_{option}")
+    for lsm in given.get("lsm", ()):
+        if lsm not in LSMS:
+            problems.add(
+                f"{key}.lsm",
+                f"{lsm!r} is not an LSM{did_you_mean(lsm, LSMS)} (known: "
+                f"{', '.join(sorted(LSMS))})",
+            )
     agents = given.get("agent", ())
     for agent in agents:
         if agent not in AGENT_MODES:
@@ -289,6 +316,7 @@ def parse_facts(value: Any, key: str, problems: Problems) -> Facts | None:
         lsms=given.get("lsm", ()),
         configs=configs,
         agents=agents,
+        key=key,
     )
 
 
@@ -588,6 +616,36 @@ def parse_scenario(
         expect_load_error=expected,
         modules=_modules(data.get("modules", []), problems),
     )
+
+
+def _facts_of(scenario: Scenario) -> Iterator[Facts]:
+    conditions = [*scenario.conditions]
+    for case in scenario.cases:
+        conditions += case.conditions
+    for condition in conditions:
+        yield from (f for f in (condition.when, condition.unless) if f is not None)
+
+
+def unknown_kernels(scenario: Scenario, catalogue: Catalogue) -> list[Problem]:
+    """Conditions naming a kernel the catalogue does not have: they never hold.
+
+    Checked where the catalogue is known (collection), not at load time.
+    """
+    known = [k.name for k in catalogue.kernels]
+    found = []
+    for facts in _facts_of(scenario):
+        for name in facts.kernels:
+            if name not in known:
+                found.append(
+                    Problem(
+                        str(scenario.path),
+                        f"{facts.key}.kernel",
+                        f"{name!r} is not a kernel of {catalogue.path}"
+                        f"{did_you_mean(name, known)} (known: {', '.join(known)}); "
+                        "name one of those, or add it to the catalogue",
+                    )
+                )
+    return found
 
 
 def load_scenario(path: Path, policies_dir: Path | None = None) -> Scenario:

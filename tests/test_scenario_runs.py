@@ -140,6 +140,22 @@ def test_malformed_scenario_fails_collection_listing_every_problem(
         assert expected in out, f"{expected!r} not in:\n{out[-4000:]}"
 
 
+def test_a_condition_on_a_kernel_outside_the_catalogue_fails_collection(
+    tmp_path: Path,
+) -> None:
+    text = FILE_ACCESS.replace(
+        "cases:", "conditions:\n  - skip: gone\n    if: {kernel: '9.9'}\ncases:", 1
+    )
+    scenarios = {"s.yaml": text}
+    where = project(tmp_path, scenarios, {"file-access-etc.yaml": FILE_POLICY})
+    done, _ = inner_pytest(where, "--collect-only", "--kernels=6.1", "--arch=x86_64")
+    assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout[-3000:]
+    assert (
+        f"scenarios/s.yaml: conditions[0].if.kernel: '9.9' is not a kernel of "
+        f"{where / 'kernels.yaml'} (known: 5.10, 6.1, 6.12, 7.x)"
+    ) in done.stdout, done.stdout[-3000:]
+
+
 @pytest.mark.boot
 def test_without_tetragon_scenarios_run_as_firing_checks(tmp_path: Path) -> None:
     scenarios = {

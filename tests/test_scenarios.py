@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 from goldenfile import assert_golden
 
+from harness.catalogue import load
 from harness.errors import ConfigError, Problems
 from harness.events import read_export
 from harness.loaderrors import LoadErrorKind
 from harness.matching import check
-from harness.scenarios import KernelFacts, load_scenario, load_scenarios
+from harness.scenarios import (
+    KernelFacts,
+    load_scenario,
+    load_scenarios,
+    unknown_kernels,
+)
 from harness.steps import (
     Connect,
     OpenFile,
@@ -551,3 +557,68 @@ def test_the_lsm_library_case_xfails_with_the_agent_and_skips_without(
     for agent in ("tetragon", "none"):
         facts = replace(x86, config=with_trampolines, agent=agent)
         assert lsm.verdict(case, facts).action == "run"
+
+
+def test_conditions_that_can_never_hold_are_problems(tmp_path: Path) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = """\
+policies: p-open.yaml
+conditions:
+  - skip: a typo of bpf
+    unless: {lsm: [yama, bfp]}
+  - xfail: an empty range
+    if: {version: {min: "6.12", max: "6.1"}}
+  - xfail: fine, 6.1.5 up to every 6.1.x
+    if: {version: {min: "6.1.5", max: "6.1"}, lsm: [landlock, ipe, evm]}
+cases:
+  c:
+    steps: [{read: /etc/passwd}]
+    expect: [{type: kprobe}]
+    conditions:
+      - skip: also empty
+        if: {version: {min: "6.2", max: "6.1.100"}}
+"""
+    path = write(tmp_path, "scenarios/s.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}: cases.c.conditions[0].if.version: min '6.2' is above max "
+        "'6.1.100': no kernel is in this range, so the condition never holds; "
+        "swap them or correct one",
+        f"{path}: conditions[0].unless.lsm: 'bfp' is not an LSM; did you mean "
+        "'bpf'? (known: apparmor, bpf, capability, evm, ima, integrity, ipe, "
+        "landlock, loadpin, lockdown, safesetid, selinux, smack, tomoyo, yama)",
+        f"{path}: conditions[1].if.version: min '6.12' is above max '6.1': no "
+        "kernel is in this range, so the condition never holds; swap them or "
+        "correct one",
+    ]
+
+
+def test_a_condition_on_a_kernel_outside_the_catalogue_is_a_problem(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, "policies/p-open.yaml", POLICY)
+    text = f"""\
+policies: p-open.yaml
+conditions:
+  - skip: no such kernel
+    if: {{kernel: ["6.1", "9.9"]}}
+  - skip: a typo
+    unless: {{kernel: "6.13"}}
+{ONE_CASE}"""
+    path = write(tmp_path, "scenarios/s.yaml", text)
+    catalogue = load(ROOT / "kernels.yaml")
+
+    problems = unknown_kernels(load_scenario(path), catalogue)
+
+    known = "(known: 5.10, 6.1, 6.12, 7.x)"
+    assert [str(p) for p in problems] == [
+        f"{path}: conditions[0].if.kernel: '9.9' is not a kernel of "
+        f"{catalogue.path} {known}; name one of those, or add it to the catalogue",
+        f"{path}: conditions[1].unless.kernel: '6.13' is not a kernel of "
+        f"{catalogue.path}; did you mean '6.1'? {known}; name one of those, or "
+        "add it to the catalogue",
+    ]
+    assert unknown_kernels(load_scenario(ROOT / "scenarios/lsm.yaml"), catalogue) == []
