@@ -19,7 +19,7 @@ from harness import hooks_cli, report_cli
 from harness.catalogue import find_catalogue, load
 from harness.errors import GuestCommandTimeout, HarnessError
 from harness.interrupts import Interrupted, exit_status, stop_on_signals, write_stderr
-from harness.matrix import Matrix
+from harness.matrix import Matrix, Target
 from harness.preflight import Preflight
 from harness.progress import DownloadProgress
 from harness.vm import VM, VMOptions
@@ -103,14 +103,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
             f"{args.arch} names {len(targets)}: pass one --arch"
         )
     target = targets[0]
-    temporary = not args.artefacts
-    artefacts = Path(args.artefacts or tempfile.mkdtemp(prefix=f"harness-{target.id}-"))
     options = VMOptions(memory_mb=args.memory, boot_timeout=args.boot_timeout)
     if args.show_command:
-        # The VM is not started; its directories stay, so the printed command
-        # (console file and control socket included) runs as it is.
-        print(shlex.join(matrix.vm(target, artefacts, options).argv))
-        return 0
+        return show_command(matrix, target, args.artefacts, options)
+    temporary = not args.artefacts
+    artefacts = Path(args.artefacts or tempfile.mkdtemp(prefix=f"harness-{target.id}-"))
     status = BOOT_FAILED
     try:
         vm = matrix.vm(target, artefacts, options)
@@ -121,6 +118,34 @@ def cmd_boot(args: argparse.Namespace) -> int:
         if temporary:
             _tidy(artefacts, keep=status != 0)
     return status
+
+
+def show_command(
+    matrix: Matrix, target: Target, artefacts: str | None, options: VMOptions
+) -> int:
+    """Print the QEMU command of a boot, leaving no directory behind.
+
+    Called once per command line, it must not leave two empty directories
+    in /tmp each time: without --artefacts the console path is an example
+    under a directory that is not made, and the control socket's directory
+    is removed again. The command is alone on stdout; which directories to
+    make before running it goes to stderr.
+    """
+    example = Path(tempfile.gettempdir()) / f"harness-{target.id}"
+    console_dir = Path(artefacts) if artefacts else example
+    vm = matrix.vm(target, console_dir, options)
+    vm.close()
+    print(shlex.join(vm.argv))
+    missing = [d for d in (console_dir, vm.sock_path.parent) if not d.is_dir()]
+    if missing:
+        dirs = " ".join(shlex.quote(str(d)) for d in missing)
+        print(
+            f"harness: the console log ({vm.console_log}) and control socket "
+            f"({vm.sock_path}) paths are examples; before running the command, "
+            f"make their directories (mkdir -p -m 700 {dirs}) or change them",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def guest_stdin() -> bytes:
@@ -240,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument(
         "--show-command",
         action="store_true",
-        help="print the QEMU command, boot nothing",
+        help="print the QEMU command, boot nothing (its console and socket paths "
+        "are examples)",
     )
     boot.epilog = (
         "Everything after `--` is the command to run in the guest; stdin goes to it "

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.accel import ACCEL_ENV
 from harness.cache import CACHE_ENV, default_cache_dir
+from harness.settings import KEYRING_ENV, MIRROR_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -50,3 +52,16 @@ def recorded(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not found: the recorded Tetragon runs are missing")
     return path
+
+
+@pytest.fixture
+def harness_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness` commands run in-process with the test's own cache, an archive
+    they never reach, TCG without a KVM trial and a wide terminal."""
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(b"")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")
+    monkeypatch.setenv(KEYRING_ENV, str(keyring))
+    monkeypatch.setenv(ACCEL_ENV, "tcg")
+    monkeypatch.setenv("COLUMNS", "200")

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 from fakedeb import kernel_deb
 
-from harness.cache import CACHE_ENV, Cache, sha256_file
+from harness.cache import Cache, sha256_file
 from harness.catalogue import load
 from harness.cli import NOT_FETCHED, main
 from harness.debian import Archive
 from harness.errors import IntegrityError
 from harness.matrix import Matrix
-from harness.settings import KEYRING_ENV, MIRROR_ENV
 
 
 @pytest.fixture
@@ -101,17 +100,6 @@ def listed(catalogue: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, lis
     rows = [line.split("│") for line in capsys.readouterr().out.splitlines()]
     cells = [[c.strip() for c in row[1:-1]] for row in rows if len(row) == 9]
     return {row[2]: row for row in cells if row[0] == "mine"}
-
-
-@pytest.fixture
-def harness_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`harness` commands use the test's cache and an archive they never reach."""
-    keyring = tmp_path / "keyring.gpg"
-    keyring.write_bytes(b"")
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(MIRROR_ENV, "http://127.0.0.1:9")
-    monkeypatch.setenv(KEYRING_ENV, str(keyring))
-    monkeypatch.setenv("COLUMNS", "200")
 
 
 @pytest.mark.usefixtures("harness_env")
