@@ -25,6 +25,7 @@ from harness.plugin_state import (
     options_of,
     targets_of,
 )
+from harness.session import VMPool
 from harness.vm import running
 
 __all__ = ["_harness_properties", "harness_matrix", "target", "vm"]
@@ -118,15 +119,21 @@ class InterruptStop:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_keyboard_interrupt(self) -> None:
-        """Stop every VM of this process without a polite power-off."""
+        """Stop every VM of this process without a polite power-off, and say so."""
+        pool = self.config.stash.get(POOL, None)
         notice = stop_running_vms()
+        # An xdist controller runs no test: its workers know their own VMs.
+        controller = self.config.pluginmanager.has_plugin("dsession")
+        if notice == "interrupted" and not controller:
+            # Without a line of its own, an interrupt while a kernel downloads
+            # reads as pytest's banner and a frame of pathlib or socket code.
+            notice = idle_notice(pool)
         if notice != "interrupted":
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             if reporter is not None:
                 reporter.write_line(notice)
             else:
                 write_stderr(notice)
-        pool = self.config.stash.get(POOL, None)
         if pool is not None:
             pool.close(interrupted=True)
         for machine in running():
@@ -136,6 +143,18 @@ class InterruptStop:
         """Give SIGTERM back its previous handler."""
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+
+
+def idle_notice(pool: VMPool | None) -> str:
+    """What an interrupt stopped when no VM was running: a target's provisioning
+    (kernel download, initramfs, agent files) or nothing of the harness's."""
+    target = pool.provisioning if pool is not None else None
+    if target is not None:
+        return (
+            f"interrupted: stopped while provisioning {target.id}, before its VM "
+            "started; no VM to stop"
+        )
+    return "interrupted: no VM was running"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

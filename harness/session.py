@@ -49,6 +49,10 @@ class VMPool:
         self.slot: Slot[object] | None = None
         # The VM being booted: an interrupt mid-boot leaves it to `close`.
         self.starting: VM | None = None
+        # The target whose kernel, initramfs or agent files are being fetched
+        # or built, before it has a VM; an interrupt leaves it set, so that the
+        # interrupt's notice can say what it stopped.
+        self.provisioning: Target | None = None
         self.failed: dict[str, BaseException] = {}
 
     def vm(self, target: Target) -> VM:
@@ -58,16 +62,23 @@ class VMPool:
         if self.slot is not None and self.slot.target == target:
             return self.slot.vm
         self.close()
+        self.provisioning = target
         try:
             extra = self.extra_files(target) if self.extra_files else None
         except HarnessError as e:
             # An agent release that cannot be had fails the target's tests
             # once each, without fetching or unpacking it again for each.
             self.failed[target.id] = e
+            self.provisioning = None
             raise
-        machine = self.matrix.vm(
-            target, self.artefacts / target.id / "vm", self.options, extra
-        )
+        try:
+            machine = self.matrix.vm(
+                target, self.artefacts / target.id / "vm", self.options, extra
+            )
+        except Exception:
+            self.provisioning = None
+            raise
+        self.provisioning = None
         self.starting = machine
         try:
             machine.start()
