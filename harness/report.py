@@ -76,6 +76,8 @@ def mode(matrix: Matrix) -> str:
     # A merged column lists every agent its shards ran, comma-separated.
     per_column = {c.id: set(c.agent.split(", ")) - {""} for c in matrix.columns}
     agents = set().union(*per_column.values())
+    if not matrix.columns:
+        return "mode: none (no test ran on a kernel target)"
     if not agents:
         return "mode: unknown (no column records its agent)"
     if agents == {AGENT_NONE}:

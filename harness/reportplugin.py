@@ -20,7 +20,7 @@ from harness import report as render
 from harness import results
 from harness.errors import ConfigError
 from harness.matrix import Target
-from harness.plugin_state import INI_DEFAULTS, POOL, options_of
+from harness.plugin_state import INI_DEFAULTS, POOL, is_harness_run, options_of
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,10 @@ class MatrixRecorder:
         matrix = self.collector.matrix(
             lambda p: artefact_links(p, run_dir), interrupted
         )
-        if not matrix.cells:
+        # Interrupted before any case finished (a kernel still downloading),
+        # the report still says the run was cut short, rather than leaving an
+        # earlier run's report to be read as this one's.
+        if not matrix.cells and not (matrix.incomplete and self.on_targets(session)):
             return
         where = report_dir(self.config)
         base = render.link_base(run_dir, where)
@@ -217,6 +220,15 @@ class MatrixRecorder:
             # A diff.md left by an earlier run would read as this run's changes.
             diff_md.unlink(missing_ok=True)
         self.matrix = matrix
+
+    def on_targets(self, session: pytest.Session) -> bool:
+        """Whether the run set out to test kernel targets: a run of unit tests
+        that is interrupted must not replace the last matrix report."""
+        if any(target_of(item) is not None for item in session.items):
+            return True
+        # An xdist controller collects nothing; its workers run the targets.
+        controller = self.config.pluginmanager.has_plugin("dsession")
+        return controller and is_harness_run(self.config)
 
     def pytest_terminal_summary(
         self, terminalreporter: pytest.TerminalReporter

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import results
 from harness.accel import ACCEL_ENV
 from harness.cache import CACHE_ENV
 from harness.settings import KEYRING_ENV, MIRROR_ENV
@@ -122,3 +123,6 @@ def test_an_interrupt_while_a_kernel_downloads_says_what_it_stopped(
     ) in output, output[-3000:]
     assert seconds < STOP_SECONDS, output[-3000:]
     assert not list((tmp_path / "cache").rglob("k.deb")), "a partial download"
+    # No case finished, and the report says the run was cut short.
+    report = results.load(tmp_path / "reports" / "matrix.json")
+    assert report.incomplete and not report.cells

@@ -4,6 +4,7 @@ which target they ran on through `record_property`, as target items do."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness import results
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_TESTS = """
     import pytest
@@ -142,3 +145,49 @@ def test_interrupted_run_leaves_a_whole_report_marked_incomplete(
     m = results.load(project / "reports" / "matrix.json")
     assert m.incomplete and m.cells
     assert "incomplete" in (project / "reports" / "matrix.md").read_text()
+
+
+BOOM = """
+    import pytest
+
+    @pytest.fixture(scope="session", autouse=True)
+    def boom():
+        # Where a kernel download would be when Ctrl-C arrives.
+        raise KeyboardInterrupt
+
+    def test_on_a_target(target):
+        pass
+"""
+
+
+def test_an_interrupt_before_any_case_finished_writes_an_empty_incomplete_report(
+    project: Path,
+) -> None:
+    shutil.copy(ROOT / "kernels.yaml", project / "kernels.yaml")
+    (project / "test_fake.py").write_text(textwrap.dedent(BOOM))
+
+    done = inner(project, "--kernels=6.1", "--arch=x86_64")
+
+    assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout[-3000:]
+    m = results.load(project / "reports" / "matrix.json")
+    assert m.incomplete and not m.cells
+    md = (project / "reports" / "matrix.md").read_text()
+    assert "The run was interrupted: this matrix is incomplete." in md
+    assert "No test ran on a kernel target." in md
+    assert "0 rows by 0 kernel-arch columns: no results" in done.stdout
+    assert "mode: none (no test ran on a kernel target)" in done.stdout
+
+
+def test_an_interrupted_run_of_no_target_leaves_the_last_report_alone(
+    project: Path,
+) -> None:
+    inner(project)
+    before = (project / "reports" / "matrix.json").read_bytes()
+    (project / "test_fake.py").write_text(
+        "def test_unit():\n    raise KeyboardInterrupt\n"
+    )
+
+    done = inner(project)
+
+    assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout[-3000:]
+    assert (project / "reports" / "matrix.json").read_bytes() == before
