@@ -77,6 +77,11 @@ class Column:
         return f"{self.kernel}-{self.arch}"
 
     @property
+    def agents(self) -> tuple[str, ...]:
+        """Each agent the column ran (a merged column joins its shards' with commas)."""
+        return tuple(a for a in self.agent.split(", ") if a)
+
+    @property
     def sort_key(self) -> tuple[Any, ...]:
         """Kernels in version order, then arch."""
         return (natural_key(self.kernel), self.arch)
