@@ -20,7 +20,7 @@ from harness.catalogue import find_catalogue, load
 from harness.errors import GuestCommandTimeout, HarnessError
 from harness.interrupts import Interrupted, exit_status, stop_on_signals, write_stderr
 from harness.matrix import Matrix
-from harness.preflight import Preflight
+from harness.preflight import TETRAGON_EMPTY, Preflight
 from harness.progress import DownloadProgress
 from harness.vm import VM, VMOptions
 
@@ -88,9 +88,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
         why = matrix.catalogue.why_none_on(args.kernel, args.arch)
         raise HarnessError(f"kernel {args.kernel}: {why}")
     if len(targets) != 1:
+        named = ", ".join(t.id for t in targets)
         raise HarnessError(
-            f"`harness boot` boots one kernel on one arch; {args.kernel} on "
-            f"{args.arch} names {len(targets)}: pass one --arch"
+            f"`harness boot` boots one kernel on one arch; kernel {args.kernel} "
+            f"--arch={args.arch} names {len(targets)} ({named}): pass one kernel "
+            "name and one --arch"
         )
     target = targets[0]
     temporary = not args.artefacts
@@ -176,14 +178,17 @@ def preflight(args: argparse.Namespace) -> None:
     catalogue = check.catalogue(args.catalogue or find_catalogue())
     for name in ("kernel", "kernel_a", "kernel_b"):
         if (value := getattr(args, name, None)) is not None:
-            check.kernels(catalogue, value, f"kernel {value}")
+            check.kernels(catalogue, value, f"kernel {value or repr(value)}")
     if (value := getattr(args, "kernels", None)) is not None:
         check.kernels(catalogue, value, f"--kernels={value}")
-    check.arches(args.arch, f"--arch={args.arch}")
-    if args.command_name == "boot" and args.artefacts:
-        check.directory(Path(args.artefacts), f"--artefacts={args.artefacts}")
+    # `kernels list` and `fetch` take every arch when --arch is left out.
+    if args.arch is not None:
+        check.arches(args.arch, f"--arch={args.arch}")
+    if args.command_name == "boot" and args.artefacts is not None:
+        check.directory(args.artefacts, f"--artefacts={args.artefacts}")
     if args.command_name == "qualify":
-        check.tetragon(args.tetragon, f"--tetragon={args.tetragon}")
+        empty = f"{TETRAGON_EMPTY} (the release to qualify)"
+        check.tetragon(args.tetragon, f"--tetragon={args.tetragon}", empty)
         check.directory(args.output, f"--output={args.output}")
     check.done()
 
@@ -208,11 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     kernels = sub.add_parser("kernels", help="the kernel catalogue")
     ksub = kernels.add_subparsers(dest="kernels_command", required=True)
     klist = ksub.add_parser("list", help="show the catalogue")
-    klist.add_argument("--arch", default="", help="comma list of arches")
+    klist.add_argument("--arch", help="comma list of arches (default: all)")
     klist.set_defaults(func=cmd_kernels_list)
     kfetch = ksub.add_parser("fetch", help="download and cache kernels")
     kfetch.add_argument("kernel", help="catalogue name, comma list, `default` or `all`")
-    kfetch.add_argument("--arch", default="", help="comma list of arches")
+    kfetch.add_argument("--arch", help="comma list of arches (default: all)")
     kfetch.set_defaults(func=cmd_kernels_fetch)
 
     boot = sub.add_parser("boot", help="boot a kernel and run a command in it")

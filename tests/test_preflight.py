@@ -16,6 +16,10 @@ from harness.preflight import Preflight, writable_dir_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "kernels.yaml"
+TETRAGON_EMPTY = (
+    "--tetragon=: empty; pass a release tarball, its unpacked directory, a URL or "
+    "a version such as 1.7.0, or leave the option out for firing checks"
+)
 
 
 @pytest.fixture
@@ -103,18 +107,41 @@ def one_clean_error(output: str, *wanted: str) -> None:
         ([], {"HARNESS_INDEX_TTL": "abc"}, ["HARNESS_INDEX_TTL=abc", "seconds"]),
         ([], {"HARNESS_INDEX_TTL": "-1"}, ["HARNESS_INDEX_TTL=-1", "negative"]),
         ([], {"HARNESS_ACCEL": "bogus"}, ["HARNESS_ACCEL=bogus", "kvm, tcg"]),
+        (["--arch="], {}, ["--arch=: empty; pass x86_64, arm64"]),
+        (["--arch=,"], {}, ["--arch=,: empty; pass x86_64, arm64"]),
+        (["--kernels="], {}, ["--kernels=: empty; pass kernel names", "or all"]),
+        (["--kernels=,"], {}, ["--kernels=,: empty; pass kernel names"]),
+        (["--tetragon="], {}, [TETRAGON_EMPTY, "out for firing checks"]),
+        (["--artefacts="], {}, ["--artefacts=: empty; pass a directory"]),
+        (["--report-dir="], {}, ["--report-dir=: empty; pass a directory"]),
+        (["--boot-timeout="], {}, ["--boot-timeout=: expected a number of seconds"]),
     ],
 )
 def test_pytest_reports_a_bad_setting_once_as_a_usage_error(
     args: list[str], env: dict[str, str], wanted: list[str]
 ) -> None:
-    status, output = pytest_run("--arch=x86_64", "--kernels=6.1", *args, env=env)
+    # Collection only: a setting the checks let through must not boot anything.
+    status, output = pytest_run(
+        "--arch=x86_64", "--kernels=6.1", "--collect-only", *args, env=env
+    )
     assert status == pytest.ExitCode.USAGE_ERROR, output
     one_clean_error(output, *wanted)
 
 
+def test_an_empty_tetragon_variable_means_firing_checks() -> None:
+    status, output = pytest_run(
+        # -v undoes the helper's -q: the header says which mode runs.
+        "--arch=x86_64", "--kernels=6.1", "--collect-only", "-v",
+        env={"HARNESS_TETRAGON": ""},
+    )  # fmt: skip
+    assert status == pytest.ExitCode.OK, output
+    assert "no --tetragon: scenarios run as firing checks" in output
+
+
 def test_pytest_artefacts_in_an_unwritable_directory(unwritable_dir: Path) -> None:
-    status, output = pytest_run(f"--artefacts={unwritable_dir / 'artefacts'}")
+    status, output = pytest_run(
+        "--collect-only", f"--artefacts={unwritable_dir / 'artefacts'}"
+    )
     assert status == pytest.ExitCode.USAGE_ERROR, output
     one_clean_error(output, "--artefacts=", "not writable")
 
@@ -129,6 +156,43 @@ def test_pytest_artefacts_in_an_unwritable_directory(unwritable_dir: Path) -> No
         (["--catalogue=/", "kernels", "list"], 2, ["/: is a directory"]),
         (["boot", "9.9", "--arch=x86_64"], 125, ["kernel 9.9"]),
         (["boot", "6.1", "--arch=x86_64", "--artefacts=README.md"], 125, ["is a file"]),
+        # Each of these stops short of a boot or a pytest run if let through.
+        (["boot", "6.1", "--arch=", "--", "true"], 125, ["--arch=: empty; pass"]),
+        (["boot", "", "--arch=x86_64", "--show-command"], 125, ["kernel '': empty"]),
+        (
+            ["boot", "6.1", "--arch=x86_64", "--artefacts=", "--show-command"],
+            125,
+            ["--artefacts=: empty; pass a directory"],
+        ),
+        (["hooks", "check", "policies", "--offline", "--arch="], 2, ["--arch=: empty"]),
+        (["hooks", "check", "policies", "--offline", "--arch=,"], 2, ["--arch=,: "]),
+        (
+            ["hooks", "check", "policies", "--offline", "--kernels="],
+            2,
+            ["--kernels=: empty; pass kernel names"],
+        ),
+        (
+            ["hooks", "check", "policies", "--offline", "--kernels=,"],
+            2,
+            ["--kernels=,: empty"],
+        ),
+        (
+            ["hooks", "diff", "6.1", "6.12", "policies", "--offline", "--arch="],
+            2,
+            ["--arch=: empty"],
+        ),
+        (["kernels", "list", "--arch="], 2, ["--arch=: empty; pass x86_64, arm64"]),
+        (["kernels", "fetch", "6.1", "--arch=,"], 2, ["--arch=,: empty; pass"]),
+        (
+            ["qualify", "--tetragon=", "--matrix=/nonexistent.json"],
+            2,
+            ["--tetragon=: empty; pass a release tarball"],
+        ),
+        (
+            ["qualify", "--tetragon=1.7.0", "--kernels=", "--matrix=/nonexistent.json"],
+            2,
+            ["--kernels=: empty"],
+        ),
     ],
 )
 def test_cli_reports_a_bad_setting_in_one_line(
