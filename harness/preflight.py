@@ -9,6 +9,7 @@ and nothing has been booted, downloaded or created by then.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -46,8 +47,16 @@ def writable_dir_problem(path: Path) -> str:
         return f"{probe} cannot be examined ({e.strerror}); pass another directory"
     if not is_dir:
         return f"{probe} is a file, not a directory; pass a directory (made if missing)"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable by this user; pass a directory you can write"
+    # Try it: os.access says yes to root everywhere, procfs and read-only
+    # mounts included, where the run would fail once it had started.
+    try:
+        made = tempfile.mkdtemp(prefix=".harness-probe-", dir=probe)
+    except OSError as e:
+        return (
+            f"cannot create directories in {probe} ({e.strerror}); pass a "
+            "directory you can write"
+        )
+    os.rmdir(made)
     return ""
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,21 @@ from harness.preflight import Preflight, writable_dir_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "kernels.yaml"
+PROC_DIR = Path("/proc")
+PROC = "cannot create directories in /proc ("
 TETRAGON_EMPTY = (
     "--tetragon=: empty; pass a release tarball, its unpacked directory, a URL or "
     "a version such as 1.7.0, or leave the option out for firing checks"
 )
+
+
+def can_create_in(path: Path) -> bool:
+    """Whether this user can really make a directory in `path`."""
+    try:
+        Path(tempfile.mkdtemp(dir=path)).rmdir()
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -27,10 +39,11 @@ def unwritable_dir(tmp_path: Path) -> Path:
     """A directory this user cannot create files in."""
     path = tmp_path / "read-only"
     path.mkdir(mode=0o555)
-    if os.access(path, os.W_OK):
-        # Root ignores file modes; procfs refuses new files even to root.
-        path = Path("/proc/1")
-    if os.access(path, os.W_OK):
+    if can_create_in(path):
+        # Root ignores file modes; procfs refuses new directories even to root,
+        # though os.access says it may write there.
+        path = Path("/proc")
+    if can_create_in(path):
         pytest.skip("no directory here is unwritable for this user")
     return path
 
@@ -58,10 +71,14 @@ def test_artefact_directories(tmp_path: Path, unwritable_dir: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     assert writable_dir_problem(tmp_path / "new" / "deeper") == ""
+    assert writable_dir_problem(tmp_path) == ""
     assert "is a file, not a directory" in writable_dir_problem(a_file)
     assert "is a file, not a directory" in writable_dir_problem(a_file / "sub")
-    assert "not writable by this user" in writable_dir_problem(unwritable_dir / "x")
-    assert not (tmp_path / "new").exists()
+    assert writable_dir_problem(unwritable_dir / "x").startswith(
+        f"cannot create directories in {unwritable_dir} ("
+    )
+    # The probes leave nothing behind (the fixture made read-only/).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "read-only"]
 
 
 def pytest_run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -115,6 +132,9 @@ def one_clean_error(output: str, *wanted: str) -> None:
         (["--artefacts="], {}, ["--artefacts=: empty; pass a directory"]),
         (["--report-dir="], {}, ["--report-dir=: empty; pass a directory"]),
         (["--boot-timeout="], {}, ["--boot-timeout=: expected a number of seconds"]),
+        # Root may write anywhere by os.access, yet procfs takes no directory.
+        (["--artefacts=/proc/x"], {}, ["--artefacts=/proc/x: ", PROC]),
+        (["--report-dir=/proc/x"], {}, ["--report-dir=/proc/x: ", PROC]),
     ],
 )
 def test_pytest_reports_a_bad_setting_once_as_a_usage_error(
@@ -143,7 +163,9 @@ def test_pytest_artefacts_in_an_unwritable_directory(unwritable_dir: Path) -> No
         "--collect-only", f"--artefacts={unwritable_dir / 'artefacts'}"
     )
     assert status == pytest.ExitCode.USAGE_ERROR, output
-    one_clean_error(output, "--artefacts=", "not writable")
+    one_clean_error(
+        output, "--artefacts=", f"cannot create directories in {unwritable_dir}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -193,6 +215,13 @@ def test_pytest_artefacts_in_an_unwritable_directory(unwritable_dir: Path) -> No
             2,
             ["--kernels=: empty"],
         ),
+        (["boot", "6.1", "--arch=x86_64", "--artefacts=/proc/x"], 125, [PROC]),
+        (
+            ["qualify", "--tetragon=1.7.0", "--output=/proc/x", "--matrix=/none.json"],
+            2,
+            ["--output=/proc/x: ", PROC],
+        ),
+        (["report", "merge", "none.json", "-o", "/proc/x"], 2, ["--output=", PROC]),
     ],
 )
 def test_cli_reports_a_bad_setting_in_one_line(
@@ -210,14 +239,19 @@ def test_cli_reports_bad_variables(unwritable_dir: Path) -> None:
     status, stderr = cli_run("boot", "6.1", "--arch=x86_64", artefacts, env=env)
     assert status == 125, stderr
     assert "Traceback" not in stderr
+    why = (
+        "No such file or directory"
+        if unwritable_dir == PROC_DIR
+        else "Permission denied"
+    )
     assert stderr.splitlines()[1:] == [
         "HARNESS_INDEX_TTL=abc: not a number of seconds; set it to a number of "
         "seconds, 0 or more (0 re-reads indices every run), or unset it for 21600 "
         "(6 hours)",
         "HARNESS_ACCEL=bogus: not an accelerator; accepted values: kvm, tcg (unset: "
         "KVM when a trial guest runs under it, else TCG)",
-        f"{artefacts}: {unwritable_dir} is not writable by this user; pass a "
-        "directory you can write",
+        f"{artefacts}: cannot create directories in {unwritable_dir} ({why}); pass "
+        "a directory you can write",
     ]
 
 
