@@ -184,8 +184,10 @@ def preflight(args: argparse.Namespace) -> None:
     # `kernels list` and `fetch` take every arch when --arch is left out.
     if args.arch is not None:
         check.arches(args.arch, f"--arch={args.arch}")
-    if args.command_name == "boot" and args.artefacts is not None:
-        check.directory(args.artefacts, f"--artefacts={args.artefacts}")
+    if args.command_name == "boot":
+        check.memory(args.memory, f"--memory={args.memory}")
+        if args.artefacts is not None:
+            check.directory(args.artefacts, f"--artefacts={args.artefacts}")
     if args.command_name == "qualify":
         empty = f"{TETRAGON_EMPTY} (the release to qualify)"
         check.tetragon(args.tetragon, f"--tetragon={args.tetragon}", empty)
@@ -223,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot = sub.add_parser("boot", help="boot a kernel and run a command in it")
     boot.add_argument("kernel", help="catalogue name, e.g. 6.1")
     boot.add_argument("--arch", required=True, help="x86_64 or arm64")
-    boot.add_argument("--memory", type=int, default=1024, help="guest MiB")
+    boot.add_argument(
+        "--memory", type=int, default=1024, help="guest MiB, 128 or more (default 1024)"
+    )
     boot.add_argument("--boot-timeout", type=float, help="seconds (default scales)")
     boot.add_argument(
         "--timeout",

@@ -11,7 +11,7 @@ import pytest
 
 from harness.agent import AgentSource
 from harness.catalogue import Catalogue, find_catalogue, load
-from harness.errors import ConfigError, HarnessError, Problem
+from harness.errors import HarnessError
 from harness.matrix import Matrix, Target
 from harness.preflight import TETRAGON_EMPTY, Preflight
 from harness.progress import DownloadProgress
@@ -96,14 +96,14 @@ def options_of(config: pytest.Config) -> Options:
     """The merged options of this run."""
     if OPTIONS not in config.stash:
         check = Preflight()
-        timeout = config.getoption("harness_boot_timeout")
-        where = f"--boot-timeout={timeout}"
-        memory = check.attempt(lambda: _memory(config))
+        value = str(config.getini("harness_memory"))
+        where = f"{config.inipath or 'ini'}: harness_memory = {value!r}"
+        memory = check.memory(value, where)
         options = Options(
             kernels=_setting(config, "harness_kernels"),
             arches=_setting(config, "harness_arch"),
             artefacts=_setting(config, "harness_artefacts"),
-            boot_timeout=check.seconds(timeout, where) if timeout is not None else None,
+            boot_timeout=_boot_timeout(config, check),
             memory_mb=memory or 0,
             tetragon=_setting(config, "harness_tetragon", TETRAGON_ENV),
             tetragon_args=tuple(
@@ -117,12 +117,12 @@ def options_of(config: pytest.Config) -> Options:
     return config.stash[OPTIONS]
 
 
-def _memory(config: pytest.Config) -> int:
-    value = str(config.getini("harness_memory"))
-    if not value.isdigit() or int(value) < 64:
-        where = f"{config.inipath or 'ini'}: harness_memory = {value!r}"
-        raise ConfigError([Problem(where, "", "expected guest MiB, 64 or more")])
-    return int(value)
+def _boot_timeout(config: pytest.Config, check: Preflight) -> float | None:
+    """--boot-timeout in seconds, or None: the default, scaled to the accelerator."""
+    timeout = config.getoption("harness_boot_timeout")
+    if timeout is None:
+        return None
+    return check.seconds(timeout, f"--boot-timeout={timeout}")
 
 
 def catalogue_path(config: pytest.Config) -> Path:

@@ -21,6 +21,7 @@ from harness.cache import CACHE_ENV, default_cache_dir
 from harness.catalogue import Catalogue, load
 from harness.errors import ConfigError, HarnessError, Problem
 from harness.settings import check_settings
+from harness.vm import MIN_MEMORY_MB
 
 T = TypeVar("T")
 # What an empty --tetragon is told: no value is not the same as no option.
@@ -161,6 +162,16 @@ class Preflight:
             )
         elif problem := release_problem(path):
             self.add(where, problem)
+
+    def memory(self, value: str | int, where: str) -> int | None:
+        """Guest MiB, at least MIN_MEMORY_MB, or None when it is not (noted)."""
+        text = str(value).strip()
+        if not text.isdigit() or int(text) < MIN_MEMORY_MB:
+            self.add(
+                where, f"expected guest MiB, a whole number, {MIN_MEMORY_MB} or more"
+            )
+            return None
+        return int(text)
 
     def seconds(self, value: str, where: str) -> float | None:
         """A positive number of seconds, or None when it is not one (noted)."""

@@ -132,6 +132,8 @@ def one_clean_error(output: str, *wanted: str) -> None:
         (["--artefacts="], {}, ["--artefacts=: empty; pass a directory"]),
         (["--report-dir="], {}, ["--report-dir=: empty; pass a directory"]),
         (["--boot-timeout="], {}, ["--boot-timeout=: expected a number of seconds"]),
+        (["-o", "harness_memory=64"], {}, ["harness_memory = '64'", "128 or more"]),
+        (["-o", "harness_memory=lots"], {}, ["harness_memory = 'lots'", "MiB"]),
         # Root may write anywhere by os.access, yet procfs takes no directory.
         (["--artefacts=/proc/x"], {}, ["--artefacts=/proc/x: ", PROC]),
         (["--report-dir=/proc/x"], {}, ["--report-dir=/proc/x: ", PROC]),
@@ -222,12 +224,29 @@ def test_pytest_artefacts_in_an_unwritable_directory(unwritable_dir: Path) -> No
             ["--output=/proc/x: ", PROC],
         ),
         (["report", "merge", "none.json", "-o", "/proc/x"], 2, ["--output=", PROC]),
+        (
+            ["boot", "6.1", "--arch=x86_64", "--memory", "0", "--show-command"],
+            125,
+            ["--memory=0: ", "128 or more"],
+        ),
+        (
+            ["boot", "6.1", "--arch=x86_64", "--memory", "-5", "--show-command"],
+            125,
+            ["--memory=-5: "],
+        ),
+        (
+            ["boot", "6.1", "--arch=x86_64", "--memory=64", "--show-command"],
+            125,
+            ["--memory=64: "],
+        ),
     ],
 )
 def test_cli_reports_a_bad_setting_in_one_line(
-    args: list[str], status: int, wanted: list[str]
+    args: list[str], status: int, wanted: list[str], tmp_path: Path
 ) -> None:
-    got, stderr = cli_run(*args)
+    # `--show-command` keeps the VM's directories: here, if a check lets it by.
+    temporary = {"TMPDIR": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    got, stderr = cli_run(*args, env=temporary)
     assert got == status, stderr
     assert stderr.count("\n") == 1, stderr
     one_clean_error(stderr, *wanted)
