@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import select
 import shlex
 import shutil
 import sys
@@ -32,6 +34,8 @@ USAGE_ERROR = 2
 BOOT_FAILED = 125
 COMMAND_TIMED_OUT = 124
 STDIN_LIMIT = 64 << 20
+# 128 + SIGPIPE: what a shell reports for a writer whose reader went away.
+STDOUT_CLOSED = 141
 
 
 def _matrix(
@@ -257,7 +261,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return run(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            # Output still buffered meets a closed pipe here, not at exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Only our reader going away (`| head`) ends quietly; a guest's control
+        # socket breaking is a failure of its own.
+        if not stdout_closed():
+            raise
+        return quiet_stdout()
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
+
+
+def quiet_stdout() -> int:
+    """Send the rest of stdout nowhere; the status a shell gives a SIGPIPE death."""
+    # Python flushes stdout once more at exit; that must not fail again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return STDOUT_CLOSED
+
+
+def run(argv: list[str]) -> int:
+    """Parse `argv`, check every setting, run the subcommand; its exit status."""
     # Split off the guest command by hand: argparse would mistake its options
     # for ours.
     split = argv.index("--") if "--" in argv else len(argv)
