@@ -18,7 +18,7 @@ from harness import accel, debian
 from harness.agent import release_problem, source_kind
 from harness.arches import ARCHES, get_arch
 from harness.cache import CACHE_ENV, default_cache_dir
-from harness.catalogue import Catalogue, load
+from harness.catalogue import Catalogue, load, standalone_problem
 from harness.errors import ConfigError, HarnessError, Problem
 from harness.settings import check_settings
 from harness.vm import MIN_MEMORY_MB
@@ -94,8 +94,11 @@ class Preflight:
 
     def kernels(self, catalogue: Catalogue | None, value: str, where: str) -> None:
         """A kernel selection: catalogue names, comma separated, `default` or `all`."""
-        names = names_of(value)
+        names = list(dict.fromkeys(names_of(value)))
         known = [k.name for k in catalogue.kernels] if catalogue is not None else []
+        if problem := standalone_problem(names, known):
+            self.add(where, problem)
+            return
         if not names:
             listed = f" ({', '.join(known)})" if known else ""
             self.add(

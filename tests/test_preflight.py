@@ -67,6 +67,20 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert lines[3].startswith("--tetragon=absent: no such file or directory; pass ")
 
 
+def test_all_and_default_stand_alone() -> None:
+    check = Preflight()
+    check.kernels(load(CATALOGUE), "all,6.1", "--kernels=all,6.1")
+
+    with pytest.raises(ConfigError) as caught:
+        check.done()
+
+    assert str(caught.value) == (
+        "--kernels=all,6.1: `all` and `default` stand alone and cannot be combined "
+        "with kernel names; pass one of them on its own, or kernel names only "
+        "(known: 5.10, 6.1, 6.12, 7.x)"
+    )
+
+
 def test_artefact_directories(tmp_path: Path, unwritable_dir: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")
