@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,6 +35,7 @@ USAGE_ERROR = 2
 BOOT_FAILED = 125
 COMMAND_TIMED_OUT = 124
 STDIN_LIMIT = 64 << 20
+DISTRIBUTION = "kernel-policy-harness"
 # 128 + SIGPIPE: what a shell reports for a writer whose reader went away.
 STDOUT_CLOSED = 141
 
@@ -209,9 +211,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.error_status, f"{self.prog}: error: {message}\n")
 
 
+def installed_version() -> str:
+    """The version pip installed, or where it would be when run from a checkout."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "(not installed: pip install -e . in the checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `harness` command."""
     parser = _Parser(prog="harness", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {installed_version()}"
+    )
     parser.add_argument("--catalogue", type=Path, help="kernels.yaml to use")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command_name", required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,17 @@ def test_help_to_a_closed_stdout_ends_quietly() -> None:
     # argparse drops what it cannot write: its own output needs no handling.
     done = with_closed_stdout("hooks", "check", "--help")
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_version_is_the_installed_package() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "--version"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"harness {version('kernel-policy-harness')}\n"
+
+
+def test_install_script_reports_the_installed_version() -> None:
+    last = (ROOT / "ci" / "install.sh").read_text().strip().splitlines()[-1]
+    assert last == 'echo "installed: $(.venv/bin/harness --version)"'
