@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 
 import pytest
 
-from harness.errors import ConfigError, Problem
+from harness.errors import CONSOLE_TAIL, ConfigError, Problem
 
 Outcome = Literal["pass", "fail", "xfail", "xpass", "skip", "warning"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -223,9 +223,11 @@ def _failure_line(report: pytest.TestReport) -> str:
         return str(crash.message).strip().splitlines()[0] if crash.message else ""
     if isinstance(longrepr, tuple):
         return str(longrepr[2])
-    # Plain-text failures (scenario items) start with the node id; the next two
-    # lines say what went wrong and on which expectation.
-    lines = [ln.strip() for ln in str(longrepr).splitlines() if ln.strip()]
+    # Plain-text failures (scenario items, harness errors in setup) start with
+    # the node id; the next two lines say what went wrong and on which
+    # expectation. A boot error's console tail is the console log's, linked.
+    text = str(longrepr).split(f"\n{CONSOLE_TAIL}\n", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln != report.nodeid and not ln.startswith(SAID)]
     return " — ".join(lines[:2])
 
