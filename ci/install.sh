@@ -29,4 +29,4 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
-echo "installed: $(.venv/bin/harness --help | head -1)"
+echo "installed: $(.venv/bin/harness --version)"

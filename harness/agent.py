@@ -42,6 +42,10 @@ EXPORT = f"{GUEST_DIR}/events.jsonl"
 AGENT_LOG = f"{GUEST_DIR}/agent.log"
 READY_LINE = 'msg="Listening for events..."'
 BINARY = "usr/local/bin/tetragon"
+# A release's tarball or directory name: tetragon-v1.7.0-amd64(.tar.gz).
+RELEASE_NAME = re.compile(
+    r"tetragon-v?(\d+\.\d+\.\d+[\w.+-]*?)-(?:amd64|arm64|\{debarch\})(?:\.tar\.gz)?"
+)
 ELF_MACHINES = {62: "x86_64", 183: "arm64"}
 
 
@@ -117,6 +121,25 @@ def release_problem(path: Path) -> str:
 def _version_of(root: Path) -> str:
     match = re.search(r"tetragon-(v?[\w.+-]+?)-(amd64|arm64)$", root.name)
     return match.group(1) if match else root.name
+
+
+def release_version(value: str) -> str:
+    """The version a `--tetragon` value names (`1.7.0`, no `v`), or "".
+
+    "" when only the agent itself can tell: a directory or file whose name
+    does not carry the release's (`tetragon-v1.7.0-amd64`).
+    """
+    value = value.strip()
+    if source_kind(value) == "version":
+        return value.removeprefix("v")
+    names = [value.rstrip("/").rsplit("/", 1)[-1]]
+    path = Path(value).expanduser()
+    if source_kind(value) == "path" and path.is_dir():
+        root = _release_root(path)
+        tarballs = [t.name for t in path.glob("tetragon-*.tar.gz")]
+        names = tarballs or ([root.name] if root is not None else names)
+    found = {m.group(1) for n in names if (m := RELEASE_NAME.fullmatch(n))}
+    return found.pop() if len(found) == 1 else ""
 
 
 def source_kind(value: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ COMMON = {"name", "source", "arch", "default", "description"}
 HTTP = ("http", "https")
 # `6.1`: every 6.1.x; `7.x`: the newest 7.* release.
 SERIES = re.compile(r"\d+\.(\d+|x)")
+# Words of a selection that name a set of entries each, never a kernel.
+SELECTORS = ("all", "default")
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,15 @@ class Catalogue:
 
     def select(self, names: str) -> list[KernelSpec]:
         """Resolve a `--kernels` value: comma list, `default` or `all`."""
-        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        wanted = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
+        known = [k.name for k in self.kernels]
+        if problem := standalone_problem(wanted, known):
+            raise ConfigError([Problem(str(self.path), "kernels", problem)])
         if wanted == ["all"]:
             return list(self.kernels)
         if wanted in ([], ["default"]):
             return [k for k in self.kernels if k.default]
-        return [self.get(n) for n in dict.fromkeys(wanted)]
+        return [self.get(n) for n in wanted]
 
     def why_none_on(self, kernels: str, arches: str) -> str:
         """Why `kernels` names no kernel on `arches`, and what would; "" if it does."""
@@ -104,6 +110,17 @@ class Catalogue:
             f"({self.path} has {built}); pass one of those arches or add yours to "
             "the entry's `arch:` list"
         )
+
+
+def standalone_problem(names: Sequence[str], known: Sequence[str]) -> str:
+    """Why a selection mixing `all` or `default` with other names is none, or ""."""
+    if len(names) < 2 or not set(names) & set(SELECTORS):
+        return ""
+    listed = f" (known: {', '.join(known)})" if known else ""
+    return (
+        "`all` and `default` stand alone and cannot be combined with kernel names; "
+        f"pass one of them on its own, or kernel names only{listed}"
+    )
 
 
 def _str_list(value: Any, where: str, problems: Problems, empty: str) -> list[str]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import select
 import shlex
 import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
@@ -20,7 +23,7 @@ from harness.catalogue import find_catalogue, load
 from harness.errors import GuestCommandTimeout, HarnessError
 from harness.interrupts import Interrupted, exit_status, stop_on_signals, write_stderr
 from harness.matrix import Matrix, Target
-from harness.preflight import Preflight
+from harness.preflight import TETRAGON_EMPTY, Preflight
 from harness.progress import DownloadProgress
 from harness.vm import VM, VMOptions
 
@@ -32,6 +35,9 @@ USAGE_ERROR = 2
 BOOT_FAILED = 125
 COMMAND_TIMED_OUT = 124
 STDIN_LIMIT = 64 << 20
+DISTRIBUTION = "kernel-policy-harness"
+# 128 + SIGPIPE: what a shell reports for a writer whose reader went away.
+STDOUT_CLOSED = 141
 
 
 def _matrix(
@@ -98,9 +104,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
         why = matrix.catalogue.why_none_on(args.kernel, args.arch)
         raise HarnessError(f"kernel {args.kernel}: {why}")
     if len(targets) != 1:
+        named = ", ".join(t.id for t in targets)
         raise HarnessError(
-            f"`harness boot` boots one kernel on one arch; {args.kernel} on "
-            f"{args.arch} names {len(targets)}: pass one --arch"
+            f"`harness boot` boots one kernel on one arch; kernel {args.kernel} "
+            f"--arch={args.arch} names {len(targets)} ({named}): pass one kernel "
+            "name and one --arch"
         )
     target = targets[0]
     options = VMOptions(memory_mb=args.memory, boot_timeout=args.boot_timeout)
@@ -211,14 +219,19 @@ def preflight(args: argparse.Namespace) -> None:
     catalogue = check.catalogue(args.catalogue or find_catalogue())
     for name in ("kernel", "kernel_a", "kernel_b"):
         if (value := getattr(args, name, None)) is not None:
-            check.kernels(catalogue, value, f"kernel {value}")
+            check.kernels(catalogue, value, f"kernel {value or repr(value)}")
     if (value := getattr(args, "kernels", None)) is not None:
         check.kernels(catalogue, value, f"--kernels={value}")
-    check.arches(args.arch, f"--arch={args.arch}")
-    if args.command_name == "boot" and args.artefacts:
-        check.directory(Path(args.artefacts), f"--artefacts={args.artefacts}")
+    # `kernels list` and `fetch` take every arch when --arch is left out.
+    if args.arch is not None:
+        check.arches(args.arch, f"--arch={args.arch}")
+    if args.command_name == "boot":
+        check.memory(args.memory, f"--memory={args.memory}")
+        if args.artefacts is not None:
+            check.directory(args.artefacts, f"--artefacts={args.artefacts}")
     if args.command_name == "qualify":
-        check.tetragon(args.tetragon, f"--tetragon={args.tetragon}")
+        empty = f"{TETRAGON_EMPTY} (the release to qualify)"
+        check.tetragon(args.tetragon, f"--tetragon={args.tetragon}", empty)
         check.directory(args.output, f"--output={args.output}")
     check.done()
 
@@ -233,9 +246,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(self.error_status, f"{self.prog}: error: {message}\n")
 
 
+def installed_version() -> str:
+    """The version pip installed, or where it would be when run from a checkout."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "(not installed: pip install -e . in the checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `harness` command."""
     parser = _Parser(prog="harness", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {installed_version()}"
+    )
     parser.add_argument("--catalogue", type=Path, help="kernels.yaml to use")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command_name", required=True)
@@ -243,17 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     kernels = sub.add_parser("kernels", help="the kernel catalogue")
     ksub = kernels.add_subparsers(dest="kernels_command", required=True)
     klist = ksub.add_parser("list", help="show the catalogue")
-    klist.add_argument("--arch", default="", help="comma list of arches")
+    klist.add_argument("--arch", help="comma list of arches (default: all)")
     klist.set_defaults(func=cmd_kernels_list)
     kfetch = ksub.add_parser("fetch", help="download and cache kernels")
     kfetch.add_argument("kernel", help="catalogue name, comma list, `default` or `all`")
-    kfetch.add_argument("--arch", default="", help="comma list of arches")
+    kfetch.add_argument("--arch", help="comma list of arches (default: all)")
     kfetch.set_defaults(func=cmd_kernels_fetch)
 
     boot = sub.add_parser("boot", help="boot a kernel and run a command in it")
     boot.add_argument("kernel", help="catalogue name, e.g. 6.1")
     boot.add_argument("--arch", required=True, help="x86_64 or arm64")
-    boot.add_argument("--memory", type=int, default=1024, help="guest MiB")
+    boot.add_argument(
+        "--memory", type=int, default=1024, help="guest MiB, 128 or more (default 1024)"
+    )
     boot.add_argument("--boot-timeout", type=float, help="seconds (default scales)")
     boot.add_argument(
         "--timeout",
@@ -284,7 +310,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return run(list(sys.argv[1:] if argv is None else argv))
+        finally:
+            # Output still buffered meets a closed pipe here, not at exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Only our reader going away (`| head`) ends quietly; a guest's control
+        # socket breaking is a failure of its own.
+        if not stdout_closed():
+            raise
+        return quiet_stdout()
+
+
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
+
+
+def quiet_stdout() -> int:
+    """Send the rest of stdout nowhere; the status a shell gives a SIGPIPE death."""
+    # Python flushes stdout once more at exit; that must not fail again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return STDOUT_CLOSED
+
+
+def run(argv: list[str]) -> int:
+    """Parse `argv`, check every setting, run the subcommand; its exit status."""
     # Split off the guest command by hand: argparse would mistake its options
     # for ours.
     split = argv.index("--") if "--" in argv else len(argv)

@@ -94,13 +94,17 @@ class GuestError(HarnessError):
     """Building or talking to the guest failed."""
 
 
+# Between a boot error's message and the guest's last console lines.
+CONSOLE_TAIL = "--- console tail ---"
+
+
 class BootError(HarnessError):
     """The VM did not reach readiness; `console_tail` holds the evidence."""
 
     def __init__(self, message: str, console_tail: str = "") -> None:
         self.console_tail = console_tail
         if console_tail:
-            message = f"{message}\n--- console tail ---\n{console_tail}"
+            message = f"{message}\n{CONSOLE_TAIL}\n{console_tail}"
         super().__init__(message)
 
 

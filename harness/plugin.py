@@ -204,9 +204,12 @@ def pytest_runtest_makereport(
     rep = yield
     # Setup errors (a download, a boot, the agent's files) are the harness's own
     # words with the fix; the call phase has each item's repr_failure for that.
+    # The class name is the harness's business, not the reader's (a
+    # QemuStartError says nothing the message does not).
     error = call.excinfo.value if call.excinfo is not None else None
     if rep.when != "call" and isinstance(error, HarnessError):
-        rep.longrepr = f"{item.nodeid}\n{type(error).__name__}: {error}"
+        notes = getattr(error, "__notes__", [])
+        rep.longrepr = "\n".join([item.nodeid, str(error), *notes])
     return rep
 
 

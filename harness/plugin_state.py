@@ -11,9 +11,9 @@ import pytest
 
 from harness.agent import AgentSource
 from harness.catalogue import Catalogue, find_catalogue, load
-from harness.errors import ConfigError, HarnessError, Problem
+from harness.errors import HarnessError
 from harness.matrix import Matrix, Target
-from harness.preflight import Preflight
+from harness.preflight import TETRAGON_EMPTY, Preflight
 from harness.progress import DownloadProgress
 from harness.session import VMPool
 from harness.vm import VMOptions
@@ -63,7 +63,7 @@ HARNESS_OPTIONS = (
 def _where(config: pytest.Config, name: str, env: str = "") -> str:
     """How an error names a setting: its flag, variable or ini key, with its value."""
     flag = "--" + name.removeprefix("harness_").replace("_", "-")
-    if config.getoption(name):
+    if _given(config, name):
         return f"{flag}={config.getoption(name)}"
     if env and os.environ.get(env):
         return f"{env}={os.environ[env]}"
@@ -73,24 +73,37 @@ def _where(config: pytest.Config, name: str, env: str = "") -> str:
     return f"{flag} (default {value})"
 
 
+def _given(config: pytest.Config, name: str) -> bool:
+    """Whether the option was on the command line, even as `--arch=` (empty)."""
+    return config.getoption(name) is not None
+
+
 def _setting(config: pytest.Config, name: str, env: str = "") -> str:
-    """A setting from its option, else its variable, else its ini key (same name)."""
-    value = config.getoption(name) or (os.environ.get(env, "") if env else "")
-    return str(value or config.getini(name))
+    """A setting from its option, else its variable, else its ini key (same name).
+
+    An option given empty stays empty, for the checks to refuse: falling back
+    to the default would run what was not asked for. A variable set empty
+    counts as unset, as the shell's `VAR= pytest` idiom means.
+    """
+    if _given(config, name):
+        return str(config.getoption(name))
+    if env and os.environ.get(env):
+        return os.environ[env]
+    return str(config.getini(name))
 
 
 def options_of(config: pytest.Config) -> Options:
     """The merged options of this run."""
     if OPTIONS not in config.stash:
         check = Preflight()
-        timeout = config.getoption("harness_boot_timeout")
-        where = f"--boot-timeout={timeout}"
-        memory = check.attempt(lambda: _memory(config))
+        value = str(config.getini("harness_memory"))
+        where = f"{config.inipath or 'ini'}: harness_memory = {value!r}"
+        memory = check.memory(value, where)
         options = Options(
             kernels=_setting(config, "harness_kernels"),
             arches=_setting(config, "harness_arch"),
             artefacts=_setting(config, "harness_artefacts"),
-            boot_timeout=check.seconds(timeout, where) if timeout else None,
+            boot_timeout=_boot_timeout(config, check),
             memory_mb=memory or 0,
             tetragon=_setting(config, "harness_tetragon", TETRAGON_ENV),
             tetragon_args=tuple(
@@ -104,12 +117,12 @@ def options_of(config: pytest.Config) -> Options:
     return config.stash[OPTIONS]
 
 
-def _memory(config: pytest.Config) -> int:
-    value = str(config.getini("harness_memory"))
-    if not value.isdigit() or int(value) < 64:
-        where = f"{config.inipath or 'ini'}: harness_memory = {value!r}"
-        raise ConfigError([Problem(where, "", "expected guest MiB, 64 or more")])
-    return int(value)
+def _boot_timeout(config: pytest.Config, check: Preflight) -> float | None:
+    """--boot-timeout in seconds, or None: the default, scaled to the accelerator."""
+    timeout = config.getoption("harness_boot_timeout")
+    if timeout is None:
+        return None
+    return check.seconds(timeout, f"--boot-timeout={timeout}")
 
 
 def catalogue_path(config: pytest.Config) -> Path:
@@ -120,7 +133,7 @@ def catalogue_path(config: pytest.Config) -> Path:
 
 def is_harness_run(config: pytest.Config) -> bool:
     """Whether this run uses the harness: its options, a catalogue or a library."""
-    given = any(config.getoption(dest) for dest in HARNESS_OPTIONS)
+    given = any(_given(config, dest) for dest in HARNESS_OPTIONS)
     # The harness collects YAML files under these folders of the rootdir.
     library = any((config.rootpath / d).is_dir() for d in ("scenarios", "policies"))
     return given or library or catalogue_path(config).is_file()
@@ -142,9 +155,16 @@ def check_run(config: pytest.Config) -> None:
         _where(config, kernels),
     )  # fmt: skip
     for directory in ("harness_artefacts", "harness_report_dir"):
-        check.directory(Path(_setting(config, directory)), _where(config, directory))
-    tetragon = _setting(config, "harness_tetragon", TETRAGON_ENV)
-    check.tetragon(tetragon, _where(config, "harness_tetragon", TETRAGON_ENV))
+        check.directory(_setting(config, directory), _where(config, directory))
+    name = "harness_tetragon"
+    tetragon = _setting(config, name, TETRAGON_ENV)
+    # Empty from the variable or the ini is no agent; given empty, a slip.
+    empty = f"{TETRAGON_EMPTY}, or leave the option out for firing checks"
+    check.tetragon(
+        tetragon,
+        _where(config, name, TETRAGON_ENV),
+        empty if _given(config, name) else "",
+    )
     check.done()
 
 

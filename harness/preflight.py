@@ -9,19 +9,31 @@ and nothing has been booted, downloaded or created by then.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from harness import accel, debian
 from harness.agent import release_problem, source_kind
-from harness.arches import get_arch
+from harness.arches import ARCHES, get_arch
 from harness.cache import CACHE_ENV, default_cache_dir
-from harness.catalogue import Catalogue, load
+from harness.catalogue import Catalogue, load, standalone_problem
 from harness.errors import ConfigError, HarnessError, Problem
 from harness.settings import check_settings
+from harness.vm import MIN_MEMORY_MB
 
 T = TypeVar("T")
+# What an empty --tetragon is told: no value is not the same as no option.
+TETRAGON_EMPTY = (
+    "empty; pass a release tarball, its unpacked directory, a URL or a version "
+    "such as 1.7.0"
+)
+
+
+def names_of(value: str) -> list[str]:
+    """The items of a comma list, blanks dropped: `6.1, ,6.12` is 6.1 and 6.12."""
+    return [n.strip() for n in value.split(",") if n.strip()]
 
 
 def writable_dir_problem(path: Path) -> str:
@@ -36,8 +48,16 @@ def writable_dir_problem(path: Path) -> str:
         return f"{probe} cannot be examined ({e.strerror}); pass another directory"
     if not is_dir:
         return f"{probe} is a file, not a directory; pass a directory (made if missing)"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable by this user; pass a directory you can write"
+    # Try it: os.access says yes to root everywhere, procfs and read-only
+    # mounts included, where the run would fail once it had started.
+    try:
+        made = tempfile.mkdtemp(prefix=".harness-probe-", dir=probe)
+    except OSError as e:
+        return (
+            f"cannot create directories in {probe} ({e.strerror}); pass a "
+            "directory you can write"
+        )
+    os.rmdir(made)
     return ""
 
 
@@ -74,10 +94,20 @@ class Preflight:
 
     def kernels(self, catalogue: Catalogue | None, value: str, where: str) -> None:
         """A kernel selection: catalogue names, comma separated, `default` or `all`."""
-        names = [n.strip() for n in value.split(",") if n.strip()]
-        if catalogue is None or names in ([], ["all"], ["default"]):
+        names = list(dict.fromkeys(names_of(value)))
+        known = [k.name for k in catalogue.kernels] if catalogue is not None else []
+        if problem := standalone_problem(names, known):
+            self.add(where, problem)
             return
-        known = [k.name for k in catalogue.kernels]
+        if not names:
+            listed = f" ({', '.join(known)})" if known else ""
+            self.add(
+                where,
+                f"empty; pass kernel names{listed}, comma separated, or default or all",
+            )
+            return
+        if catalogue is None or names in (["all"], ["default"]):
+            return
         for name in names:
             if name not in known:
                 self.add(
@@ -96,23 +126,35 @@ class Preflight:
             self.add(where, why)
 
     def arches(self, value: str, where: str) -> None:
-        """A comma list of guest arches."""
-        for name in (a.strip() for a in value.split(",")):
-            if not name:
-                continue
+        """A comma list of guest arches, at least one."""
+        names = names_of(value)
+        if not names:
+            self.add(where, f"empty; pass {', '.join(ARCHES)} or both, comma separated")
+        for name in names:
             try:
                 get_arch(name)
             except HarnessError as e:
                 self.add(where, str(e))
 
-    def directory(self, path: Path, where: str) -> None:
-        """A directory the run writes into: nothing in the way, writable."""
-        if problem := writable_dir_problem(path):
+    def directory(self, path: Path | str, where: str) -> None:
+        """A directory the run writes into: named, nothing in the way, writable."""
+        if not str(path).strip():
+            # Path("") is the current directory: an empty option is a slip.
+            self.add(where, "empty; pass a directory (made if missing)")
+        elif problem := writable_dir_problem(Path(path)):
             self.add(where, problem)
 
-    def tetragon(self, value: str, where: str) -> None:
-        """A Tetragon release: a path must exist (versions and URLs are fetched)."""
-        if not value.strip() or source_kind(value) != "path":
+    def tetragon(self, value: str, where: str, if_empty: str = "") -> None:
+        """A Tetragon release: a path must exist (versions and URLs are fetched).
+
+        Empty means no agent where the option may be left out; `if_empty` is
+        the problem to note when an empty value is a mistake.
+        """
+        if not value.strip():
+            if if_empty:
+                self.add(where, if_empty)
+            return
+        if source_kind(value) != "path":
             return
         path = Path(value.strip()).expanduser()
         if not path.exists():
@@ -123,6 +165,16 @@ class Preflight:
             )
         elif problem := release_problem(path):
             self.add(where, problem)
+
+    def memory(self, value: str | int, where: str) -> int | None:
+        """Guest MiB, at least MIN_MEMORY_MB, or None when it is not (noted)."""
+        text = str(value).strip()
+        if not text.isdigit() or int(text) < MIN_MEMORY_MB:
+            self.add(
+                where, f"expected guest MiB, a whole number, {MIN_MEMORY_MB} or more"
+            )
+            return None
+        return int(text)
 
     def seconds(self, value: str, where: str) -> float | None:
         """A positive number of seconds, or None when it is not one (noted)."""

@@ -28,10 +28,11 @@ import pytest
 from debian.debian_support import Version
 
 from harness import hooks, hooks_cli, results
+from harness.agent import release_version
 from harness.cache import sha256_file
 from harness.catalogue import find_catalogue
 from harness.catalogue import load as load_catalogue
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError, Problem
 from harness.hooks import TRAMPOLINES, Finding
 from harness.inventory import Inventory
 from harness.matrix import Matrix as KernelMatrix
@@ -469,6 +470,47 @@ def agent_of(matrix: Matrix, fallback: str) -> str:
     return ", ".join(sorted(seen)) or fallback
 
 
+def column_agents(matrix: Matrix, column: results.Column) -> tuple[str, ...]:
+    """The agents a column ran; its cells' for a matrix whose columns say none."""
+    if column.agents:
+        return column.agents
+    seen = {c.prop("agent") for c in matrix.cells if c.column == column.id} - {""}
+    return tuple(sorted(seen))
+
+
+def agent_problem(matrix: Matrix, tetragon: str) -> str:
+    """Why `matrix` is no run of the `--tetragon` release on every column, or "".
+
+    Firing checks (no agent) or another version of the agent say nothing of
+    this release. A target its agent never started on is fine: its cells fail
+    or skip, and say why.
+    """
+    version = release_version(tetragon)
+    wanted = f"tetragon v{version}" if version else "an agent of that --tetragon"
+
+    def is_wanted(agent: str) -> bool:
+        name, _, ran = agent.partition(" ")
+        return agent == results.AGENT_NOT_STARTED or (
+            name == "tetragon" and (not version or ran.removeprefix("v") == version)
+        )
+
+    wrong: dict[str, list[str]] = {}
+    for column in matrix.columns:
+        agents = column_agents(matrix, column)
+        others = [a for a in agents if not is_wanted(a)]
+        what = f"ran {', '.join(others)}" if others else "recorded no agent"
+        if others or not agents:
+            wrong.setdefault(what, []).append(column.id)
+    if not wrong:
+        return ""
+    found = "; ".join(f"{', '.join(cols)} {what}" for what, cols in wrong.items())
+    return (
+        f"{found}, not {wanted}: a release is qualified by its own agent on every "
+        f"column; run the matrix with --tetragon={tetragon} (or leave out --matrix "
+        "and `harness qualify` runs it)"
+    )
+
+
 def run(plan: Plan, say: Callable[[str], None]) -> tuple[Qualification, list[Path]]:
     """Run the library (unless given a matrix), check hooks, write the report."""
     root = plan.root
@@ -476,10 +518,13 @@ def run(plan: Plan, say: Callable[[str], None]) -> tuple[Qualification, list[Pat
         code = run_pytest(plan, say)
         if code == pytest.ExitCode.NO_TESTS_COLLECTED:
             say("pytest collected nothing: the report has hook checks only")
-        found = plan.output / "matrix" / "matrix.json"
-        matrix = results.load(found) if found.is_file() else Matrix()
+        source = plan.output / "matrix" / "matrix.json"
+        matrix = results.load(source) if source.is_file() else Matrix()
     else:
-        matrix = results.load(plan.matrix)
+        source = plan.matrix
+        matrix = results.load(source)
+    if problem := agent_problem(matrix, plan.tetragon):
+        raise ConfigError([Problem(str(source), "", problem)])
     kmatrix = KernelMatrix(load_catalogue(plan.catalogue or find_catalogue(root)))
     targets = kmatrix.targets(plan.kernels, plan.arch)
     library = root / plan.policies

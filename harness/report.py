@@ -73,8 +73,7 @@ def column_title(col: Column) -> list[str]:
 
 def mode(matrix: Matrix) -> str:
     """Which mode ran: events asserted by an agent, or firing checks without one."""
-    # A merged column lists every agent its shards ran, comma-separated.
-    per_column = {c.id: set(c.agent.split(", ")) - {""} for c in matrix.columns}
+    per_column = {c.id: set(c.agents) for c in matrix.columns}
     agents = set().union(*per_column.values())
     if not matrix.columns:
         return "mode: none (no test ran on a kernel target)"

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 
 import pytest
 
-from harness.errors import ConfigError, Problem
+from harness.errors import CONSOLE_TAIL, ConfigError, Problem
 
 Outcome = Literal["pass", "fail", "xfail", "xpass", "skip", "warning"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
@@ -75,6 +75,11 @@ class Column:
     def id(self) -> str:
         """`6.1-arm64`, as in test ids."""
         return f"{self.kernel}-{self.arch}"
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """Each agent the column ran (a merged column joins its shards' with commas)."""
+        return tuple(a for a in self.agent.split(", ") if a)
 
     @property
     def sort_key(self) -> tuple[Any, ...]:
@@ -218,9 +223,11 @@ def _failure_line(report: pytest.TestReport) -> str:
         return str(crash.message).strip().splitlines()[0] if crash.message else ""
     if isinstance(longrepr, tuple):
         return str(longrepr[2])
-    # Plain-text failures (scenario items) start with the node id; the next two
-    # lines say what went wrong and on which expectation.
-    lines = [ln.strip() for ln in str(longrepr).splitlines() if ln.strip()]
+    # Plain-text failures (scenario items, harness errors in setup) start with
+    # the node id; the next two lines say what went wrong and on which
+    # expectation. A boot error's console tail is the console log's, linked.
+    text = str(longrepr).split(f"\n{CONSOLE_TAIL}\n", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln != report.nodeid and not ln.startswith(SAID)]
     return " — ".join(lines[:2])
 

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 # Seconds to readiness under KVM; multiplied by the accelerator's scale.
 BOOT_SECONDS = 12.0
+# Guest MiB: below the minimum the initramfs does not even unpack; below
+# LOW_MEMORY_MB a guest that stops early is told it may be memory.
+MIN_MEMORY_MB = 128
+LOW_MEMORY_MB = 256
 # Seconds QEMU gets to exit after SIGTERM before SIGKILL.
 STOP_GRACE = 2.0
 PR_SET_PDEATHSIG = 1
@@ -269,7 +273,8 @@ class VM:
         except TimeoutError:
             raise BootTimeout(
                 f"{self.kernel.id}: no readiness within {self.boot_timeout:.0f} s "
-                f"({self.accel.name}){self._accel_hint()}; console in "
+                f"({self.accel.name}){self._accel_hint()}{self._memory_hint()}; "
+                "console in "
                 f"{self.console_log}",
                 self.console_tail(),
             ) from None
@@ -309,7 +314,9 @@ class VM:
         )
         panic = panic_text(console)
         if panic:
-            return KernelPanic(f"{self.kernel.id}: the kernel panicked:\n{panic}")
+            return KernelPanic(
+                f"{self.kernel.id}: the kernel panicked{self._memory_hint()}:\n{panic}"
+            )
         stderr = (self.artefacts / "qemu-stderr.log").read_text(errors="replace")
         if not console.strip():
             return QemuStartError(
@@ -320,13 +327,24 @@ class VM:
             )
         return QemuStartError(
             f"{self.kernel.id}: the guest stopped (QEMU status {status}) before it "
-            f"was ready{self._accel_hint()}",
+            f"was ready{self._accel_hint()}{self._memory_hint()}",
             self.console_tail(),
         )
 
     def _accel_hint(self) -> str:
         hint = self.accel.hint()
         return f" ({hint})" if hint else ""
+
+    def _memory_hint(self) -> str:
+        # A small guest fails in many ways (the initramfs half unpacked, no
+        # init, an OOM panic); none of them says memory.
+        memory = self.options.memory_mb
+        if memory >= LOW_MEMORY_MB:
+            return ""
+        return (
+            f" (only {memory} MiB of guest memory: give it {LOW_MEMORY_MB} or more, "
+            "--memory or the ini's harness_memory)"
+        )
 
     def run(
         self,

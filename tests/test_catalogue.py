@@ -223,6 +223,20 @@ def test_unknown_kernel_name_lists_the_known_ones() -> None:
         catalogue.select("9.9")
 
 
+@pytest.mark.parametrize("names", ["all,6.1", "6.1, default", "default,all"])
+def test_all_and_default_stand_alone(names: str) -> None:
+    catalogue = load(ROOT / "kernels.yaml")
+    with pytest.raises(ConfigError) as caught:
+        catalogue.select(names)
+    (problem,) = caught.value.problems
+    assert problem.message == (
+        "`all` and `default` stand alone and cannot be combined with kernel names; "
+        "pass one of them on its own, or kernel names only (known: 5.10, 6.1, 6.12, "
+        "7.x)"
+    )
+    assert catalogue.select("all, all") == list(catalogue.kernels)
+
+
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(write(tmp_path, "kernels: [\n"))

@@ -16,7 +16,7 @@ import pytest
 
 from harness import hooks, policy, qualify, results
 from harness.inventory import Inventory, load
-from harness.results import Cell, Column, Matrix
+from harness.results import AGENT_NONE, AGENT_NOT_STARTED, Cell, Column, Matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("tests") / "data"
@@ -201,3 +201,88 @@ def test_sigterm_to_qualify_stops_its_pytest_run(tmp_path: Path) -> None:
         for leftover in pids.iterdir():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(leftover.name), signal.SIGKILL)
+
+
+def ran(agents: dict[str, str]) -> Matrix:
+    """The openat scenario passing on every column, each column with its agent."""
+    cells = [
+        Cell(ROW, col, "pass", properties=(("agent", agent),))
+        for col, agent in agents.items()
+    ]
+    columns = [
+        Column(*col.rsplit("-", 1), accelerator="tcg", agent=agent)
+        for col, agent in agents.items()
+    ]
+    return results.build(columns, cells)
+
+
+@pytest.mark.parametrize(
+    ("tetragon", "agents"),
+    [
+        ("1.7.0", {"6.1-x86_64": "tetragon v1.7.0"}),
+        ("v1.7.0", {"6.1-x86_64": "tetragon 1.7.0"}),
+        ("tetragon-v1.7.0-amd64.tar.gz", {"6.1-x86_64": "tetragon v1.7.0"}),
+        (
+            "https://example.test/v1.7.0/tetragon-v1.7.0-{debarch}.tar.gz",
+            {"6.1-x86_64": "tetragon v1.7.0"},
+        ),
+        # The agent did not start on a target (its cells fail or skip, and say why).
+        ("1.7.0", {"6.1-x86_64": "tetragon v1.7.0", "6.1-arm64": AGENT_NOT_STARTED}),
+        # A directory of another name: only the run can tell which version it holds.
+        ("my-build", {"6.1-x86_64": "tetragon v1.8.0-dev"}),
+    ],
+)
+def test_a_run_of_the_release_on_every_column_qualifies(
+    tetragon: str, agents: dict[str, str]
+) -> None:
+    assert qualify.agent_problem(ran(agents), tetragon) == ""
+
+
+@pytest.mark.parametrize(
+    ("tetragon", "agents", "wanted"),
+    [
+        (
+            "1.7.0",
+            {"6.1-x86_64": AGENT_NONE, "6.12-x86_64": AGENT_NONE},
+            "6.1-x86_64, 6.12-x86_64 ran none (firing check)",
+        ),
+        (
+            "1.7.0",
+            {"6.1-x86_64": "tetragon v1.7.0", "6.12-x86_64": "tetragon v1.6.0"},
+            "6.12-x86_64 ran tetragon v1.6.0",
+        ),
+        (
+            "1.7.0",
+            {"6.1-x86_64": f"{AGENT_NONE}, tetragon v1.7.0"},
+            "6.1-x86_64 ran none (firing check)",
+        ),
+        ("my-build", {"6.1-x86_64": AGENT_NONE}, "6.1-x86_64 ran none (firing check)"),
+        ("1.7.0", {"6.1-x86_64": ""}, "6.1-x86_64 recorded no agent"),
+    ],
+)
+def test_a_matrix_of_another_agent_qualifies_nothing(
+    tetragon: str, agents: dict[str, str], wanted: str
+) -> None:
+    problem = qualify.agent_problem(ran(agents), tetragon)
+    assert wanted in problem
+    assert f"run the matrix with --tetragon={tetragon}" in problem
+
+
+def test_qualify_refuses_a_firing_check_matrix(tmp_path: Path) -> None:
+    given = tmp_path / "matrix.json"
+    given.write_text(
+        results.dumps(ran({"6.1-x86_64": AGENT_NONE, "6.1-arm64": AGENT_NONE}))
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "--catalogue", str(ROOT / "kernels.yaml"),
+         "qualify", "--tetragon=1.7.0", f"--matrix={given}", "--offline",
+         "--kernels=6.1", f"--output={tmp_path / 'q'}"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"harness: error: {given}: "), line
+    assert "6.1-arm64, 6.1-x86_64 ran none (firing check), not tetragon v1.7.0" in line
+    assert "run the matrix with --tetragon=1.7.0" in line
+    assert not (tmp_path / "q" / "qualification.md").exists()
+    assert "qualified" not in done.stdout

@@ -160,6 +160,34 @@ BOOM = """
 """
 
 
+SETUP_ERRORS = """
+    import pytest
+    from harness.errors import IntegrityError, QemuStartError
+
+    @pytest.fixture
+    def column(record_property):
+        record_property("kernel", "6.1")
+        record_property("arch", "x86_64")
+
+    @pytest.fixture
+    def booted(column):
+        raise QemuStartError(
+            "6.1-x86_64: the guest stopped (QEMU status 1) before it was ready",
+            "Run /init as init process\\nreboot: Restarting system",
+        )
+
+    @pytest.fixture
+    def agent(column):
+        raise IntegrityError("tetragon.tar.gz: sha256 0a1b, published 2c3d")
+
+    def test_boot(booted):
+        pass
+
+    def test_agent(agent):
+        pass
+"""
+
+
 def test_an_interrupt_before_any_case_finished_writes_an_empty_incomplete_report(
     project: Path,
 ) -> None:
@@ -191,3 +219,24 @@ def test_an_interrupted_run_of_no_target_leaves_the_last_report_alone(
 
     assert done.returncode == pytest.ExitCode.INTERRUPTED, done.stdout[-3000:]
     assert (project / "reports" / "matrix.json").read_bytes() == before
+
+
+def test_setup_errors_read_as_the_harness_message(tmp_path: Path) -> None:
+    (tmp_path / "test_fake.py").write_text(textwrap.dedent(SETUP_ERRORS))
+    done = inner(tmp_path, "-rE")
+    assert done.returncode == 1, done.stdout[-3000:]
+    for name in ("QemuStartError", "IntegrityError", "HarnessError"):
+        assert name not in done.stdout, done.stdout[-3000:]
+    assert (
+        "test_fake.py::test_boot\n6.1-x86_64: the guest stopped (QEMU status 1) "
+        "before it was ready\n--- console tail ---\nRun /init" in done.stdout
+    )
+    assert "test_fake.py::test_agent\ntetragon.tar.gz: sha256 0a1b" in done.stdout
+    m = results.load(tmp_path / "reports" / "matrix.json")
+    reasons = {c.row: c.reason for c in m.cells}
+    assert reasons == {
+        "test_fake.py::test_boot": "setup: 6.1-x86_64: the guest stopped (QEMU "
+        "status 1) before it was ready",
+        "test_fake.py::test_agent": "setup: tetragon.tar.gz: sha256 0a1b, published "
+        "2c3d",
+    }

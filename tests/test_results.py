@@ -110,11 +110,16 @@ def test_every_outcome_from_real_reports() -> None:
     run_item(c, base + "known[6.1-x86_64]", call="skipped", wasxfail="bug 12",
              properties=props())  # fmt: skip
     run_item(c, base + "fixed[6.1-x86_64]", wasxfail="bug 13", properties=props())
-    boot = "BootTimeout: no readiness in 300 s"
+    # Harness errors in setup and teardown, as the plugin words them.
+    boot = (
+        f"{base}boot[6.1-x86_64]\n6.1-x86_64: no readiness within 300 s (tcg)\n"
+        "--- console tail ---\n[    0.000000] Linux version 6.1.0-50-cloud-amd64"
+    )
     run_item(c, base + "boot[6.1-x86_64]", setup="failed", call=None,
              setup_repr=boot, properties=props())  # fmt: skip
     run_item(c, base + "td[6.1-x86_64]", teardown="failed",
-             teardown_repr="ChannelError: broken", properties=props())  # fmt: skip
+             teardown_repr=f"{base}td[6.1-x86_64]\nthe VM is not running",
+             properties=props())  # fmt: skip
     warn = props(outcome="warning", reason="kprobe x: reads the wrong arg")
     run_item(c, base + "warn[6.1-x86_64]", properties=warn)
     run_item(c, "tests/test_plain.py::test_no_target")
@@ -130,8 +135,8 @@ def test_every_outcome_from_real_reports() -> None:
     assert reason["bad"] == "1 expectation(s) not met — etc-shadow: process_kprobe"
     assert reason["lsm"] == "no bpf LSM on this kernel"
     assert reason["known"] == "bug 12"
-    assert reason["boot"] == "setup: BootTimeout: no readiness in 300 s"
-    assert reason["td"] == "teardown: ChannelError: broken"
+    assert reason["boot"] == "setup: 6.1-x86_64: no readiness within 300 s (tcg)"
+    assert reason["td"] == "teardown: the VM is not running"
     assert reason["warn"] == "kprobe x: reads the wrong arg"
     assert c.seen == 9 and len(m.cells) == 8
     assert m.columns == (Column("6.1", "x86_64", "6.1.176-1", "6.1.0-cloud", "kvm"),)
