@@ -487,6 +487,13 @@ def agent_problem(matrix: Matrix, tetragon: str) -> str:
     """
     version = release_version(tetragon)
     wanted = f"tetragon v{version}" if version else "an agent of that --tetragon"
+    if not matrix.columns:
+        # Hook checks alone say a policy could load, not that it reports.
+        return (
+            f"no kernel column ran, so no event was asserted by {wanted}; run the "
+            f"matrix with --tetragon={tetragon} (or leave out --matrix and "
+            "`harness qualify` runs it)"
+        )
 
     def is_wanted(agent: str) -> bool:
         name, _, ran = agent.partition(" ")
@@ -517,7 +524,7 @@ def run(plan: Plan, say: Callable[[str], None]) -> tuple[Qualification, list[Pat
     if plan.matrix is None:
         code = run_pytest(plan, say)
         if code == pytest.ExitCode.NO_TESTS_COLLECTED:
-            say("pytest collected nothing: the report has hook checks only")
+            say("pytest collected nothing: no scenario ran")
         source = plan.output / "matrix" / "matrix.json"
         matrix = results.load(source) if source.is_file() else Matrix()
     else:

@@ -258,6 +258,8 @@ def test_a_run_of_the_release_on_every_column_qualifies(
         ),
         ("my-build", {"6.1-x86_64": AGENT_NONE}, "6.1-x86_64 ran none (firing check)"),
         ("1.7.0", {"6.1-x86_64": ""}, "6.1-x86_64 recorded no agent"),
+        # An empty matrix: hook checks alone would "qualify" the release.
+        ("1.7.0", {}, "no kernel column ran, so no event was asserted"),
     ],
 )
 def test_a_matrix_of_another_agent_qualifies_nothing(
