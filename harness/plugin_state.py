@@ -165,6 +165,15 @@ def check_run(config: pytest.Config) -> None:
         _where(config, name, TETRAGON_ENV),
         empty if _given(config, name) else "",
     )
+    for arg in config.getoption("harness_tetragon_args") or ():
+        if not arg.strip():
+            # An unset variable in `--tetragon-arg=$FLAGS` would reach the agent
+            # as an empty argument, which it takes as a positional one.
+            check.add(
+                f"--tetragon-arg={arg}",
+                "empty; pass one agent flag, such as "
+                "--tetragon-arg=--disable-kprobe-multi, or leave the option out",
+            )
     check.done()
 
 

@@ -138,6 +138,7 @@ def one_clean_error(output: str, *wanted: str) -> None:
         ([], {"HARNESS_INDEX_TTL": "abc"}, ["HARNESS_INDEX_TTL=abc", "seconds"]),
         ([], {"HARNESS_INDEX_TTL": "-1"}, ["HARNESS_INDEX_TTL=-1", "negative"]),
         ([], {"HARNESS_ACCEL": "bogus"}, ["HARNESS_ACCEL=bogus", "kvm, tcg"]),
+        (["--tetragon-arg="], {}, ["--tetragon-arg=: empty", "agent flag"]),
         (["--arch="], {}, ["--arch=: empty; pass x86_64, arm64"]),
         (["--arch=,"], {}, ["--arch=,: empty; pass x86_64, arm64"]),
         (["--kernels="], {}, ["--kernels=: empty; pass kernel names", "or all"]),
