@@ -25,6 +25,7 @@ from harness.plugin_state import (
     options_of,
     targets_of,
 )
+from harness.scheduling import TargetScheduling
 from harness.session import VMPool
 from harness.vm import running
 
@@ -176,16 +177,25 @@ def item_target(item: pytest.Item) -> Target | None:
     return chosen if isinstance(chosen, Target) else None
 
 
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `-n`, keep each target's tests on one worker (one VM, one agent)."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None  # an explicit other mode (loadscope, worksteal...) is kept
+    if not is_harness_run(config):
+        return None
+    return TargetScheduling(config, log, [t.id for t in targets_of(config)])
+
+
 def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Group items by target (one boot each) and keep a group on one xdist worker."""
+    """Order items by target: one boot each (`-n` keeps a target on one worker)."""
     order: dict[str, int] = {}
     for item in items:
         chosen = item_target(item)
         if chosen is not None:
             order.setdefault(chosen.id, len(order))
-            item.add_marker(pytest.mark.xdist_group(chosen.id))
             item.add_marker(pytest.mark.boot)
 
     def key(item: pytest.Item) -> int:
