@@ -66,8 +66,15 @@ def run_once(mode: str, args: argparse.Namespace, work: Path) -> dict[str, objec
         try:
             output, _ = proc.communicate()
         except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)  # pytest stops its VMs, then exits
-            proc.communicate(timeout=60)
+            # SIGTERM, not SIGINT: a job started in the background (`cmd &`)
+            # ignores SIGINT, and so does the pytest it starts. The harness
+            # stops its VMs on either; SIGKILL if it is still there after.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
             raise
     wall = time.monotonic() - started
     found = SUMMARY.findall(output)
@@ -122,7 +129,7 @@ def target_medians(runs: list[dict[str, object]]) -> dict[str, float]:
 
 
 def _stop(signum: int, _frame: object) -> None:
-    # SIGTERM unwinds like Ctrl-C: the pytest child is sent SIGINT and stops
+    # SIGTERM unwinds like Ctrl-C: the pytest child is sent SIGTERM and stops
     # its VMs, and the temporary directory is removed.
     raise KeyboardInterrupt(f"signal {signum}")
 
