@@ -7,6 +7,7 @@ $HARNESS_CACHE_DIR) across runs; tests about caching use their own tmp cache.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,11 @@ import pytest
 from harness.accel import ACCEL_ENV
 from harness.cache import CACHE_ENV, default_cache_dir
 from harness.settings import KEYRING_ENV, MIRROR_ENV
+
+# A suite started in the background (`cmd &`, nohup) inherits SIGINT ignored,
+# and so would every pytest and harness the tests start and then interrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

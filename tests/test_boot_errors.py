@@ -127,4 +127,5 @@ def test_a_guest_kvm_cannot_boot_comes_up_under_tcg_and_kvm_is_demoted(
     assert verdict["name"] == "tcg"
     assert "guest under KVM failed although the KVM trial ran" in verdict["reason"]
     assert choose(host, own_cache).name == "tcg"
-    assert not running()
+    # This worker's pool may hold another test's VM; none of this test's is left.
+    assert not [v for v in running() if v.artefacts == artefacts]
