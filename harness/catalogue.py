@@ -83,7 +83,7 @@ class Catalogue:
 
     def select(self, names: str) -> list[KernelSpec]:
         """Resolve a `--kernels` value: comma list, `default` or `all`."""
-        wanted = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
+        wanted = comma_list(names)
         known = [k.name for k in self.kernels]
         if problem := standalone_problem(wanted, known):
             raise ConfigError([Problem(str(self.path), "kernels", problem)])
@@ -95,7 +95,7 @@ class Catalogue:
 
     def why_none_on(self, kernels: str, arches: str) -> str:
         """Why `kernels` names no kernel on `arches`, and what would; "" if it does."""
-        wanted = {a.strip() for a in arches.split(",") if a.strip()}
+        wanted = set(comma_list(arches))
         specs = self.select(kernels)
         if any(not wanted or wanted & set(s.arches) for s in specs):
             return ""
@@ -110,6 +110,14 @@ class Catalogue:
             f"({self.path} has {built}); pass one of those arches or add yours to "
             "the entry's `arch:` list"
         )
+
+
+def comma_list(value: str) -> list[str]:
+    """The items of a comma list in order, once each, blanks dropped.
+
+    `6.1, ,6.12,6.1` is 6.1 and 6.12: the form of `--kernels` and `--arch`.
+    """
+    return list(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
 
 
 def standalone_problem(names: Sequence[str], known: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import hookdiff, hooks, inventory
-from harness.catalogue import find_catalogue, load
+from harness.catalogue import comma_list, find_catalogue, load
 from harness.errors import FetchError, HarnessError
 from harness.inventory import Inventory
 from harness.matrix import Matrix, Target
@@ -264,7 +264,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """Print what changes for the policies' hooks from kernel A to kernel B."""
     matrix, policies = _setup(args)
     pairs = []
-    for arch in [a.strip() for a in args.arch.split(",") if a.strip()]:
+    for arch in comma_list(args.arch):
         a = matrix.targets(args.kernel_a, arch)
         b = matrix.targets(args.kernel_b, arch)
         if a and b:

@@ -10,7 +10,7 @@ from harness import accel as accel_mod
 from harness import initramfs
 from harness.arches import get_arch
 from harness.cache import Cache, sha256_file
-from harness.catalogue import Catalogue, KernelSpec, find_catalogue, load
+from harness.catalogue import Catalogue, KernelSpec, comma_list, find_catalogue, load
 from harness.debian import Archive, Progress
 from harness.kernels import Kernel, Provisioner
 from harness.settings import debian_keyring, debian_mirror
@@ -64,7 +64,7 @@ class Matrix:
 
     def targets(self, kernels: str, arches: str) -> list[Target]:
         """The (kernel, arch) pairs a `--kernels` / `--arch` selection names."""
-        wanted = list(dict.fromkeys(a.strip() for a in arches.split(",") if a.strip()))
+        wanted = comma_list(arches)
         for arch in wanted:
             get_arch(arch)
         return [

@@ -18,7 +18,7 @@ from harness import accel, debian
 from harness.agent import release_problem, source_kind
 from harness.arches import ARCHES, get_arch
 from harness.cache import CACHE_ENV, default_cache_dir
-from harness.catalogue import Catalogue, load, standalone_problem
+from harness.catalogue import Catalogue, comma_list, load, standalone_problem
 from harness.errors import ConfigError, HarnessError, Problem
 from harness.settings import check_settings
 from harness.vm import MIN_MEMORY_MB
@@ -29,11 +29,6 @@ TETRAGON_EMPTY = (
     "empty; pass a release tarball, its unpacked directory, a URL or a version "
     "such as 1.7.0"
 )
-
-
-def names_of(value: str) -> list[str]:
-    """The items of a comma list, blanks dropped: `6.1, ,6.12` is 6.1 and 6.12."""
-    return [n.strip() for n in value.split(",") if n.strip()]
 
 
 def writable_dir_problem(path: Path) -> str:
@@ -94,7 +89,7 @@ class Preflight:
 
     def kernels(self, catalogue: Catalogue | None, value: str, where: str) -> None:
         """A kernel selection: catalogue names, comma separated, `default` or `all`."""
-        names = list(dict.fromkeys(names_of(value)))
+        names = comma_list(value)
         known = [k.name for k in catalogue.kernels] if catalogue is not None else []
         if problem := standalone_problem(names, known):
             self.add(where, problem)
@@ -127,7 +122,7 @@ class Preflight:
 
     def arches(self, value: str, where: str) -> None:
         """A comma list of guest arches, at least one."""
-        names = names_of(value)
+        names = comma_list(value)
         if not names:
             self.add(where, f"empty; pass {', '.join(ARCHES)} or both, comma separated")
         for name in names:
